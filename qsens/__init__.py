@@ -1,0 +1,3 @@
+"""qsens: a quantization-sensitivity benchmark."""
+
+__version__ = "0.1.0"

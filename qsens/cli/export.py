@@ -1,0 +1,36 @@
+"""`qsens export`: every cell, all fields, as JSON or CSV."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "export all cells of a results folder as JSON or CSV"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", required=True, help="results folder (holds qsens.sqlite)")
+    parser.add_argument("--format", choices=("json", "csv"), default="json")
+    parser.add_argument("-o", "--output", help="file to write (default: stdout)")
+    parser.add_argument("--status", choices=("ok", "failed", "running"), help="only cells with this status")
+
+
+def main(args: argparse.Namespace) -> int:
+    from qsens.store import ResultStore
+    from qsens.store.db import DB_NAME
+    from qsens.store.export import to_csv, to_json
+
+    if not (Path(args.results) / DB_NAME).is_file():
+        print(f"qsens export: no {DB_NAME} in {args.results}", file=sys.stderr)
+        return 2
+    cells = ResultStore(args.results).cells(status=args.status)
+    text = to_json(cells) if args.format == "json" else to_csv(cells)
+    if args.output:
+        out = Path(args.output)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+    else:
+        sys.stdout.write(text)
+    return 0

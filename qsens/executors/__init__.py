@@ -1,0 +1,81 @@
+"""Executors decide where checkpoints run; the driver alone writes to the store.
+
+`run_suite` is the whole loop: plan cells, skip the finished ones, run the rest, summarise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qsens.runner import Cell, plan_cells
+from qsens.store import ResultStore
+from qsens.suites.load import Suite
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class RunSummary:
+    planned: int
+    skipped: int
+    statuses: Counter = field(default_factory=Counter)
+
+    @property
+    def failed(self) -> int:
+        return self.statuses["failed"]
+
+    @property
+    def computed(self) -> int:
+        return self.statuses["ok"]
+
+
+def group_by_checkpoint(cells: list[Cell]) -> list[list[Cell]]:
+    groups: dict = defaultdict(list)
+    for cell in cells:
+        groups[cell.checkpoint].append(cell)
+    return list(groups.values())
+
+
+def write_resolved_suite(suite: Suite, results_dir: Path) -> None:
+    """The suite as it will run, saved before the run, so results always travel with their configuration."""
+    resolved = {
+        "suite_file": str(suite.path),
+        "spec": suite.spec.model_dump(mode="json"),
+        "checkpoints": [vars(c) for c in suite.checkpoints],
+        "quantizers": [q.model_dump(mode="json") | {"label": q.label()} for q in suite.quantizers],
+        "evals": [{"name": e.name, "path": str(e.path), "text_hash": e.text_hash,
+                   "protocol": e.protocol.model_dump(mode="json"), "protocol_hash": e.protocol.hash()}
+                  for e in suite.evals],
+    }
+    tmp = results_dir / "suite.resolved.json.tmp"
+    tmp.write_text(json.dumps(resolved, indent=2) + "\n")
+    tmp.replace(results_dir / "suite.resolved.json")
+
+
+def run_suite(suite: Suite, results_dir: str | Path, executor: str = "local", progress: bool = True,
+              **executor_options) -> RunSummary:
+    store = ResultStore(results_dir)
+    write_resolved_suite(suite, store.dir)
+    cells = plan_cells(suite)
+    done = store.done_keys()
+    todo = [c for c in cells if c.key not in done]
+    summary = RunSummary(planned=len(cells), skipped=len(cells) - len(todo))
+    if executor == "local":
+        from qsens.executors.local import run_local as run
+    elif executor == "ray":
+        from qsens.executors.ray import run_ray as run
+    else:
+        raise ValueError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+
+    def record(row: dict) -> None:
+        if row["status"] == "running":
+            store.mark_running(row)
+        else:
+            store.save(row)
+            summary.statuses[row["status"]] += 1
+
+    run(suite, group_by_checkpoint(todo), record, progress=progress, **executor_options)
+    return summary

@@ -1,0 +1,76 @@
+"""Eval text: read a file, cut it into documents, and undo WikiText's tokenization when asked."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+from qsens.suites.protocol import Protocol
+
+_ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
+
+
+def read_text(path: str | Path) -> str:
+    """UTF-8 text of a `.txt` or gzip-compressed `.gz` file, newlines preserved as stored."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    return raw.decode("utf-8")
+
+
+def split_documents(text: str, split: str) -> list[str]:
+    """Cut text into documents.
+
+    none: the whole file is one document.
+    lines: every line (without its newline), empty lines included, as a `datasets` text loader yields them.
+    lines_keepends: every line with its trailing newline, as HF's `wikitext-2-raw-v1` rows (GPTQ joins these).
+    blank_lines: paragraphs separated by one or more blank lines, surrounding whitespace stripped.
+    wikitext_articles: one document per article, starting at each top-level heading line ' = Title = ',
+        as in EleutherAI/wikitext_document_level (what lm-eval's `wikitext` task scores).
+    """
+    if split == "none":
+        return [text]
+    if split == "lines":
+        return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+    if split == "lines_keepends":
+        return text.splitlines(keepends=True)
+    if split == "blank_lines":
+        return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if split == "wikitext_articles":
+        docs: list[list[str]] = []
+        for line in text.splitlines(keepends=True):
+            if _ARTICLE_HEADING.match(line.rstrip("\n")) or not docs:
+                docs.append([])
+            docs[-1].append(line)
+        return ["".join(d) for d in docs if "".join(d).strip()]
+    raise ValueError(f"unknown split {split!r}")
+
+
+def wikitext_detokenize(text: str) -> str:
+    """lm-evaluation-harness's `wikitext_detokenizer` (lm_eval/tasks/wikitext/preprocess_wikitext.py), rule for rule."""
+    s = text.replace("s '", "s'")
+    s = re.sub(r"/' [0-9]/", r"/'[0-9]/", s)
+    for a, b in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "), (" ; ", "; "), (" . ", ". "),
+                 (" ! ", "! "), (" ? ", "? "), (" , ", ", ")):
+        s = s.replace(a, b)
+    s = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", s)
+    s = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", s)
+    s = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", s)
+    s = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', s)
+    s = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", s)
+    for a, b in (("= = = =", "===="), ("= = =", "==="), ("= =", "=="), (" " + chr(176) + " ", chr(176)),
+                 (" \n", "\n"), ("\n ", "\n"), (" N ", " 1 "), (" 's", "'s")):
+        s = s.replace(a, b)
+    return s
+
+
+def documents_for(text: str, protocol: Protocol) -> list[str]:
+    """The texts that are tokenized: one joined stream, or the documents themselves."""
+    docs = split_documents(text, protocol.split)
+    if protocol.detokenize == "wikitext":
+        docs = [wikitext_detokenize(d) for d in docs]
+    if protocol.unit == "stream":
+        return [protocol.joiner.join(docs)]
+    return [d for d in docs if d]

@@ -1,0 +1,72 @@
+"""The interface every quantization method implements.
+
+A method is one module in `qsens/quantizers/` with a typed settings class (pydantic, unknown keys are errors)
+and a `quantize(ctx, settings) -> QuantResult` function, registered by name in `qsens.quantizers.REGISTRY`.
+Heavy libraries (gptqmodel, bitsandbytes) are imported inside `quantize`, never at module import, so
+validating a suite never needs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class QuantSettings(BaseModel):
+    """Base class of a method's settings. `method` is the registry name; `bits` is always present."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    bits: int
+    # Which modules are quantized: every nn.Linear whose qualified name matches none of `skip` (fnmatch).
+    skip: tuple[str, ...] = ("lm_head",)
+
+    group_size_field: ClassVar[str | None] = "group_size"
+
+    def label(self) -> str:
+        """Short human label, e.g. 'rtn-w4-g32-asym'."""
+        return f"{self.method}-w{self.bits}"
+
+    def group_size_value(self) -> int | None:
+        """The group size for the exported `group_size` column (-1 = per channel, None = not applicable)."""
+        return getattr(self, self.group_size_field, None) if self.group_size_field else None
+
+
+@dataclass
+class QuantContext:
+    """What a method may use to produce a quantized model. It must not modify `fp_model`.
+
+    fp_model: the full-precision model, already on `device`, in eval mode.
+    reload: loads a fresh copy of the checkpoint; kwargs go to `from_pretrained` (e.g. quantization_config),
+        for methods that quantize while loading (bitsandbytes) or need their own copy.
+    calibration: returns `n` token-id sequences of `length` tokens drawn from the family's training text,
+        seeded; an int64 tensor of shape [n, length]. None when the suite declares no calibration text.
+    """
+
+    fp_model: torch.nn.Module
+    tokenizer: Any
+    reload: Callable[..., torch.nn.Module]
+    device: torch.device
+    seed: int
+    calibration: Callable[[int, int], torch.Tensor] | None = None
+    checkpoint_dir: str | None = None
+
+
+@dataclass
+class QuantResult:
+    """A quantized model ready for evaluation, and what the method actually did.
+
+    effective_bits: average storage bits per quantized weight, scales and zeros included.
+    """
+
+    model: torch.nn.Module
+    effective_bits: float
+    layers_quantized: list[str]
+    seconds: float
+    peak_memory_bytes: int
+    backend: str
+    details: dict = field(default_factory=dict)

@@ -1,0 +1,30 @@
+"""Which layers a weight-only method quantizes."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+
+
+def quantizable_linears(model: torch.nn.Module, skip: tuple[str, ...]) -> list[tuple[str, torch.nn.Linear]]:
+    """Every `nn.Linear` whose qualified name matches none of the fnmatch patterns in `skip`.
+
+    Embeddings are never returned (they are not Linear). The output head is skipped by the default
+    `skip=("lm_head",)`; note that a head tied to the embeddings shares its weight, so quantizing it
+    quantizes the embeddings too.
+    """
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not any(fnmatch.fnmatchcase(name, p) for p in skip)
+    ]
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak accelerator memory since the last reset, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB

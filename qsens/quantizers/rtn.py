@@ -1,0 +1,100 @@
+"""RTN: round-to-nearest weight-only fake quantization of every selected Linear layer.
+
+The arithmetic is `rtn_reference.py`'s; on CUDA the kernel in `cuda/` (via `rtn_kernel.py`) computes the
+same bits faster. `backend: auto` picks the kernel when the model is on a CUDA device and the kernel
+builds, else the reference; the backend that ran is recorded in the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Literal
+
+import torch
+from pydantic import field_validator
+
+from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
+from qsens.quantizers.layers import peak_memory_bytes, quantizable_linears
+from qsens.quantizers.rtn_reference import rtn_fake_quantize
+
+
+class Settings(QuantSettings):
+    method: Literal["rtn"] = "rtn"
+    bits: int
+    group_size: int = 128
+    symmetric: bool = False
+    backend: Literal["auto", "torch", "cuda"] = "auto"
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        if not 2 <= v <= 8:
+            raise ValueError(f"RTN bits must be an integer in 2..8, got {v}")
+        return v
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError(f"group_size must be a positive integer or -1 (per channel), got {v}")
+        return v
+
+    def label(self) -> str:
+        g = "gch" if self.group_size == -1 else f"g{self.group_size}"
+        return f"rtn-w{self.bits}-{g}-{'sym' if self.symmetric else 'asym'}"
+
+    def effective_bits(self, cols: int) -> float:
+        """Storage bits per weight: the code, plus a float16 scale (and a `bits`-wide zero if asymmetric) per group."""
+        gs = cols if self.group_size == -1 else self.group_size
+        return self.bits + (16 + (0 if self.symmetric else self.bits)) / gs
+
+
+def resolve_backend(requested: str, device: torch.device) -> str:
+    """'torch' or 'cuda'. Forcing 'cuda' where it cannot run is an error, never a silent fallback."""
+    if requested == "torch":
+        return "torch"
+    if device.type != "cuda":
+        if requested == "cuda":
+            raise RuntimeError("RTN backend 'cuda' was forced but the model is not on a CUDA device")
+        return "torch"
+    from qsens.quantizers import rtn_kernel
+
+    ok, reason = rtn_kernel.kernel_status()
+    if ok:
+        return "cuda"
+    if requested == "cuda":
+        raise RuntimeError(f"RTN backend 'cuda' was forced but the kernel is unavailable: {reason}")
+    return "torch"
+
+
+def quantize(ctx: QuantContext, settings: Settings) -> QuantResult:
+    start = time.perf_counter()
+    model = copy.deepcopy(ctx.fp_model)
+    backend = resolve_backend(settings.backend, ctx.device)
+    if backend == "cuda":
+        from qsens.quantizers.rtn_kernel import rtn_fake_quantize_kernel as fake_quantize
+    else:
+        fake_quantize = rtn_fake_quantize
+    layers = quantizable_linears(model, settings.skip)
+    if not layers:
+        raise ValueError(f"no Linear layer left to quantize after skip={list(settings.skip)}")
+    weight_bits = 0.0
+    n_weights = 0
+    with torch.no_grad():
+        for name, module in layers:
+            w = module.weight
+            deq = fake_quantize(w.data, settings.bits, settings.group_size, settings.symmetric)
+            if not torch.isfinite(deq).all():
+                raise FloatingPointError(f"RTN produced non-finite weights in {name} (non-finite input weights?)")
+            w.data.copy_(deq)
+            weight_bits += settings.effective_bits(w.shape[1]) * w.numel()
+            n_weights += w.numel()
+    return QuantResult(
+        model=model,
+        effective_bits=weight_bits / n_weights,
+        layers_quantized=[name for name, _ in layers],
+        seconds=time.perf_counter() - start,
+        peak_memory_bytes=peak_memory_bytes(ctx.device),
+        backend=backend,
+    )

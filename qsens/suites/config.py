@@ -1,0 +1,120 @@
+"""Typed suite configuration. Every model forbids unknown keys; `qsens.suites.load` turns YAML into these."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from qsens.suites.protocol import PRESETS, Protocol
+
+METRIC_NAMES = ("delta_loss", "ppl_ratio", "kl", "top1_agree", "bits_per_byte")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CheckpointSpec(_Strict):
+    """One checkpoint: a local HF folder (`path`) or a revision of the family's hub repo."""
+
+    name: str | None = None
+    path: str | None = Field(None, description="local HF folder, relative to the suite file")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) of the family's repo")
+    n_params: int | None = Field(None, ge=1, description="non-embedding parameters N (default: the family's)")
+    tokens: int | None = Field(None, ge=0, description="pretraining tokens D")
+    step: int | None = Field(None, ge=0, description="training step; D = step x family.tokens_per_step")
+    schedule: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CheckpointSpec":
+        if (self.path is None) == (self.revision is None):
+            raise ValueError("give exactly one of 'path' (local folder) or 'revision' (hub)")
+        return self
+
+
+class ManifestSelect(_Strict):
+    schedule: list[str] | None = None
+    size: list[str] | None = None
+    names: list[str] | None = None
+
+
+class FamilySpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    manifest: str | None = Field(None, description="manifest.json of a family trained by `qsens family train`")
+    select: ManifestSelect = ManifestSelect()
+    hub: str | None = Field(None, description="HF Hub repo id, e.g. EleutherAI/pythia-70m-deduped")
+    n_params: int | None = Field(None, ge=1, description="default non-embedding N of every checkpoint")
+    tokens_per_step: int | None = Field(None, ge=1, description="D = step x tokens_per_step (Pythia: 2097152)")
+    schedule: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    checkpoints: list[CheckpointSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FamilySpec":
+        if (self.manifest is None) == (not self.checkpoints):
+            raise ValueError("give either 'manifest' or a 'checkpoints' list, not both and not neither")
+        if any(c.revision is not None for c in self.checkpoints) and self.hub is None:
+            raise ValueError("checkpoints with 'revision' need the family's 'hub' repo id")
+        for i, c in enumerate(self.checkpoints):
+            if (c.n_params or self.n_params) is None:
+                raise ValueError(f"checkpoints[{i}]: n_params missing (set it on the checkpoint or the family)")
+            if c.tokens is None and step_of(c) is None:
+                raise ValueError(f"checkpoints[{i}]: give 'tokens', or 'step' / a 'stepN' revision with tokens_per_step")
+            if c.tokens is None and self.tokens_per_step is None:
+                raise ValueError(f"checkpoints[{i}]: tokens derive from the step only with the family's tokens_per_step")
+        return self
+
+
+def step_of(spec: CheckpointSpec) -> int | None:
+    """The training step, given directly or read from a Pythia-style revision 'step143000'."""
+    if spec.step is not None:
+        return spec.step
+    match = re.fullmatch(r"step(\d+)", spec.revision or "")
+    return int(match.group(1)) if match else None
+
+
+class EvalSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    path: str = Field(description="UTF-8 text file (.txt or .txt.gz), relative to the suite file")
+    preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
+    protocol: dict = Field(default_factory=dict, description="Protocol fields overriding the preset")
+
+    def resolved_protocol(self) -> Protocol:
+        from qsens.suites.protocol import resolve_protocol
+
+        return resolve_protocol(self.preset, self.protocol)
+
+
+class CalibrationSpec(_Strict):
+    path: str = Field(description="training text for calibration (never the eval text)")
+    samples: int = Field(128, ge=1)
+    length: int = Field(128, ge=2)
+
+
+class BootstrapSpec(_Strict):
+    samples: int = Field(1000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+
+
+class SuiteSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    families: list[FamilySpec] = Field(min_length=1)
+    quantizers: list[dict] = Field(min_length=1, description="validated per method by qsens.suites.load")
+    evals: list[EvalSpec] = Field(min_length=1)
+    metrics: list[Literal[METRIC_NAMES]] = Field(default_factory=lambda: list(METRIC_NAMES))  # type: ignore[valid-type]
+    bootstrap: BootstrapSpec = BootstrapSpec()
+    calibration: CalibrationSpec | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "SuiteSpec":
+        for what, names in (("families", [f.name for f in self.families]), ("evals", [e.name for e in self.evals])):
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"{what}: duplicate name(s) {sorted(dup)}")
+        return self
