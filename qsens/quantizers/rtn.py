@@ -30,14 +30,14 @@ class Settings(QuantSettings):
     @classmethod
     def _bits(cls, v: int) -> int:
         if not 2 <= v <= 8:
-            raise ValueError(f"RTN bits must be an integer in 2..8, got {v}")
+            raise ValueError("RTN bits must be an integer in 2..8")
         return v
 
     @field_validator("group_size")
     @classmethod
     def _group_size(cls, v: int) -> int:
         if v != -1 and v < 1:
-            raise ValueError(f"group_size must be a positive integer or -1 (per channel), got {v}")
+            raise ValueError("group_size must be a positive integer or -1 (per channel)")
         return v
 
     def label(self) -> str:

@@ -27,8 +27,8 @@ _LIST_VALUED = {"skip"}
 class SuiteError(ValueError):
     def __init__(self, file: Path | str, problems: list[tuple[str, str]]):
         self.file = str(file)
-        self.problems = problems
-        lines = [f"{self.file}: {where or '<top>'}: {what}" for where, what in problems]
+        self.problems = list(dict.fromkeys(problems))  # a swept entry reports its problem once
+        lines = [f"{self.file}: {where or '<top>'}: {what}" for where, what in self.problems]
         super().__init__("invalid suite\n  " + "\n  ".join(lines))
 
 
@@ -207,6 +207,10 @@ def load_suite(path: str | Path) -> Suite:
         found, p = _family_checkpoints(fam, f"families[{i}]", base)
         checkpoints += found
         problems += p
+    names = [(c.family, c.name) for c in checkpoints]
+    dup = sorted({f"{f}/{n}" for f, n in names if names.count((f, n)) > 1})
+    if dup:
+        problems.append(("families", f"checkpoint names must be unique within a family: {dup}"))
     evals: list[EvalText] = []
     for i, ev in enumerate(spec.evals):
         found, p = _eval_text(ev, f"evals[{i}]", base)

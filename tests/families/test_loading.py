@@ -1,0 +1,93 @@
+"""Checkpoint loading from local folders and from Hub revisions, with the network replaced by an offline cache."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import pytest
+import torch
+
+from qsens.families import loading
+from qsens.suites.load import Checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained 1-layer Llama with a byte-level tokenizer, saved as an HF folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["hello world " * 50], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def fake_hub_cache(root, repo: str, revision: str, files_from) -> str:
+    """Lay out `root` the way huggingface_hub caches `repo` at `revision` (refs -> commit -> snapshot)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = root / ("models--" + repo.replace("/", "--"))
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / revision).write_text(commit)
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in files_from.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    return commit
+
+
+def test_hub_revision_loads_through_transformers_with_the_network_off(tiny_checkpoint, tmp_path):
+    fake_hub_cache(tmp_path / "hub", "EleutherAI/pythia-tiny", "step1000", tiny_checkpoint)
+    script = textwrap.dedent(f"""
+        import json, torch
+        from qsens.families.loading import load_model, load_tokenizer
+        from qsens.suites.load import Checkpoint
+        ck = Checkpoint("pythia", "step1000", "EleutherAI/pythia-tiny", "step1000", n_params=1, tokens=1)
+        model, tok = load_model(ck, torch.device("cpu")), load_tokenizer(ck)
+        print(json.dumps({{"w": model.model.layers[0].mlp.down_proj.weight.sum().item(), "ids": tok("hello")["input_ids"]}}))
+        missing = Checkpoint("pythia", "step2000", "EleutherAI/pythia-tiny", "step2000", n_params=1, tokens=1)
+        try:
+            load_model(missing, torch.device("cpu"))
+        except OSError as exc:
+            print("MISSING-OK", type(exc).__name__)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, last = out.stdout.strip().splitlines()[0], out.stdout.strip().splitlines()[-1]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    expected = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).model.layers[0].mlp.down_proj.weight.sum().item()
+    got = json.loads(first)
+    assert got["w"] == pytest.approx(expected, abs=0)
+    assert got["ids"] == AutoTokenizer.from_pretrained(tiny_checkpoint)("hello")["input_ids"]
+    assert last.startswith("MISSING-OK")
+
+
+def test_hub_loads_pass_revision_and_keep_remote_code_off():
+    ck = Checkpoint("f", "step1", "org/model", "step1", n_params=1, tokens=1)
+    with mock.patch("transformers.AutoModelForCausalLM.from_pretrained") as model_load, \
+         mock.patch("transformers.AutoTokenizer.from_pretrained") as tok_load:
+        loading.load_model(ck, torch.device("cpu"))
+        loading.load_tokenizer(ck)
+    for call in (model_load.call_args, tok_load.call_args):
+        assert call.args == ("org/model",)
+        assert call.kwargs["revision"] == "step1" and call.kwargs["trust_remote_code"] is False
+
+
+def test_local_folder_loads_without_revision(tiny_checkpoint):
+    ck = Checkpoint("f", "tiny", str(tiny_checkpoint), None, n_params=1, tokens=1)
+    model = loading.load_model(ck, torch.device("cpu"))
+    assert not model.training and next(model.parameters()).dtype == torch.float32
+    assert loading.pretrained_kwargs(ck) == {"trust_remote_code": False}
