@@ -39,3 +39,56 @@ def print_summary(suite: Suite, store: ResultStore, summary, console: Console | 
     failed = [c for c in cells if c["status"] == "failed"]
     for c in failed[:5]:
         console.print(f"[red]failed[/red] {c['checkpoint']} {c['quantizer']} {c['eval']}: {(c['error'] or '').splitlines()[0]}")
+
+
+def _fmt_ci(c: dict, name: str, digits: int = 4) -> str:
+    v, lo, hi = c.get(name), c.get(f"{name}_ci_low"), c.get(f"{name}_ci_high")
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None else f"{v:.{digits}f}"
+
+
+def effect_markdown(cells: list[dict]) -> str:
+    """Markdown tables of the overtraining effect: per (eval, family), rows by size then D; Δloss per quantizer.
+
+    Followed by two checks per size: does the fp loss fall monotonically with D, and for each quantizer is
+    Δloss at the largest D above Δloss at the smallest D with disjoint intervals.
+    """
+    ok = [c for c in cells if c["status"] == "ok"]
+    out = []
+    for ev in sorted({c["eval"] for c in ok}):
+        for fam in sorted({c["family"] for c in ok if c["eval"] == ev}):
+            sub = [c for c in ok if c["eval"] == ev and c["family"] == fam]
+            labels = sorted({c["quantizer"] for c in sub}, key=lambda q: (q.split("-")[0], len(q), q))
+            grid: dict[tuple, dict] = defaultdict(dict)
+            for c in sub:
+                grid[(c["n_params"], c["tokens"], c["checkpoint"])][c["quantizer"]] = c
+            out.append(f"#### {fam} — eval `{ev}` (Δloss in nats/token, 95% block-bootstrap CI)\n")
+            out.append("| N | D | D/N | fp loss | " + " | ".join(labels) + " |")
+            out.append("|---" * (4 + len(labels)) + "|")
+            for (n, d, _), row in sorted(grid.items()):
+                any_cell = next(iter(row.values()))
+                out.append(f"| {n:,} | {d / 1e6:.2f}M | {d / n:.0f} | {any_cell['fp_loss']:.4f} | "
+                           + " | ".join(_fmt_ci(row[q], "delta_loss") if q in row else "-" for q in labels) + " |")
+            out.append("")
+            out += _effect_checks(grid, labels)
+            out.append("")
+    return "\n".join(out)
+
+
+def _effect_checks(grid: dict, labels: list[str]) -> list[str]:
+    lines = []
+    for n in sorted({k[0] for k in grid}):
+        rows = [grid[k] for k in sorted(grid) if k[0] == n]
+        fp = [next(iter(r.values()))["fp_loss"] for r in rows]
+        monotone = all(b < a for a, b in zip(fp, fp[1:]))
+        grows = []
+        for q in labels:
+            first, last = rows[0].get(q), rows[-1].get(q)
+            if first and last:
+                disjoint = last["delta_loss_ci_low"] > first["delta_loss_ci_high"]
+                grows.append(f"{q}: {first['delta_loss']:.4f} → {last['delta_loss']:.4f}"
+                             f"{' (CIs disjoint)' if disjoint else ' (CIs overlap)'}")
+        lines.append(f"- N={n:,}: fp loss falls monotonically with D: **{'yes' if monotone else 'no'}**; "
+                     f"Δloss smallest→largest D: " + "; ".join(grows))
+    return lines

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "run": "qsens.cli.run",
     "validate": "qsens.cli.validate",
     "export": "qsens.cli.export",
+    "report": "qsens.cli.report",
     "family": "qsens.cli.family",
     "fit": "qsens.cli.fit",
     "board": "qsens.cli.board",

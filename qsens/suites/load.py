@@ -44,6 +44,7 @@ class Checkpoint:
     size: str | None = None
     dtype: str = "float32"
     trust_remote_code: bool = False
+    stage: str | None = None  # training stage (e.g. OLMo-2 'stage1' stable vs 'stage2' anneal), a covariate
 
     @property
     def is_local(self) -> bool:
@@ -167,7 +168,7 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
         name = c.name or (c.revision if c.revision else Path(c.path).name)
         out.append(
             Checkpoint(fam.name, name, location, c.revision, c.n_params or fam.n_params, tokens,
-                       c.schedule or fam.schedule, None, fam.dtype, fam.trust_remote_code)
+                       c.schedule or fam.schedule, None, fam.dtype, fam.trust_remote_code, c.stage)
         )
     return out, problems
 

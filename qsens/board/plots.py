@@ -1,0 +1,256 @@
+"""Matplotlib (Agg) SVG plots of one family's stored cells and fits, written as files the pages link with <img>.
+
+Separate files rather than inline SVG: matplotlib's element ids would collide between inline figures, and an
+<img> cannot run script, whatever text a model name puts into a figure. Every plot is drawn from the cells and
+fits alone. A plot that fails is reported on its page with the error, and the rest of the site still builds.
+
+Log axes cannot show Δloss ≤ 0 (an 8-bit cell often measures a tiny negative Δloss): such points are drawn as
+hollow down-triangles on the bottom edge, and the caption counts them.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from qsens.board import laws
+from qsens.board.fmt import human, num
+from qsens.board.model import match_fit, slug
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+def _safe(text) -> str:
+    """Text for matplotlib: `$` would start mathtext (and can raise on odd input), so it is escaped."""
+    return str(text).replace("$", r"\$")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # Text stays text (small files); a fixed hash salt makes ids, and so rebuilt files, deterministic.
+    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "qsens-board", "font.size": 9})
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="svg", bbox_inches="tight", metadata={"Date": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _series(cells: list[dict]) -> dict[tuple, list[dict]]:
+    """Cells by (schedule, N), each list sorted by D."""
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for c in cells:
+        out[(c.get("schedule"), c.get("n_params"))].append(c)
+    return {k: sorted(v, key=lambda c: c.get("tokens") or 0)
+            for k, v in sorted(out.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0))}
+
+
+def _series_text(schedule, n) -> str:
+    """A series' name for captions (HTML, escaped by the template)."""
+    return f"N={human(n)}" + (f" {schedule}" if schedule else "")
+
+
+def _series_label(schedule, n) -> str:
+    """A series' name for a matplotlib legend."""
+    return _safe(_series_text(schedule, n))
+
+
+def delta_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> str:
+    """Δloss vs D/N on log-log axes, one series per N (and schedule), with the fitted law and its band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = [c for c in cells if c.get("delta_loss") is not None and c.get("n_params") and c.get("tokens")]
+    positive = [c["delta_loss"] for c in pts if c["delta_loss"] > 0]
+    floor = min(positive) / 3 if positive else 1e-6
+    notes, clipped = [], 0
+    for i, ((schedule, n), group) in enumerate(_series(pts).items()):
+        color = COLORS[i % len(COLORS)]
+        x = np.array([c["tokens"] / n for c in group])
+        y = np.array([c["delta_loss"] for c in group])
+        lo = np.array([c.get("delta_loss_ci_low") if c.get("delta_loss_ci_low") is not None else v
+                       for c, v in zip(group, y)])
+        hi = np.array([c.get("delta_loss_ci_high") if c.get("delta_loss_ci_high") is not None else v
+                       for c, v in zip(group, y)])
+        pos = y > 0
+        clipped += int((~pos).sum())
+        yerr = np.vstack([np.clip(y - np.maximum(lo, floor), 0, None), np.clip(hi - y, 0, None)])
+        ax.errorbar(x[pos], y[pos], yerr=yerr[:, pos], fmt="o", color=color, ms=4, capsize=2,
+                    label=_series_label(schedule, n))
+        ax.plot(x[~pos], np.full((~pos).sum(), floor), "v", mfc="none", color=color, ms=6)
+        notes += _draw_fit(ax, fits, group[0], n, x, color)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("D/N (training tokens per parameter)")
+    ax.set_ylabel("Δloss (nats/token)")
+    ax.set_title(_safe(title))
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    if clipped:
+        notes.append(f"{clipped} point(s) with Δloss ≤ 0 drawn as ▽ on the bottom edge")
+    return "; ".join(notes)
+
+
+def _draw_fit(ax, fits: list[dict], cell: dict, n, x: np.ndarray, color: str) -> list[str]:
+    """The fitted law for this series over its D/N range, with its band; notes for the caption."""
+    fit = match_fit(fits, cell)
+    if fit is None:
+        return []
+    grid = np.geomspace(x.min() / 1.25, x.max() * 1.25, 60)
+    pred = laws.predict(fit, np.full_like(grid, n), grid * n, cell.get("bits"))
+    if pred is None:
+        return [f"fit {fit['law']} not drawn (its form is unknown to the board)"]
+    mean, lo, hi = pred
+    ax.plot(grid, mean, "-", color=color, lw=1.2, alpha=0.8, label=f"{_series_label(cell.get('schedule'), n)} fit")
+    if lo is not None and hi is not None:
+        ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0)
+    r2 = f", R² = {num(fit['r2'], 3)}" if fit.get("r2") is not None else ""
+    band = "band: parameter-CI envelope" if lo is not None else "no band (no parameter CIs)"
+    return [f"{_series_text(cell.get('schedule'), n)}: fit {fit['law']}{' (pooled over bits)' if fit['pooled'] else ''}"
+            f"{r2}; {band}"]
+
+
+def _d_star(fit: dict | None, n) -> float | None:
+    """D* for size N from a fit's stored predictions: {N: D*}, {N: [D*, lo, hi]}, [{n_params, d_star}] or a
+    single number; None when absent or unreadable."""
+    raw = fit.get("d_star") if fit else None
+    if isinstance(raw, (int, float)):
+        return float(raw)
+    if isinstance(raw, dict):
+        entries = list(raw.items())
+    elif isinstance(raw, list):
+        entries = [(e.get("n_params", e.get("N")), e) for e in raw if isinstance(e, dict)]
+    else:
+        return None
+    for key, v in entries:
+        try:
+            if float(key) != float(n):
+                continue
+        except (TypeError, ValueError):
+            continue
+        if isinstance(v, dict):
+            v = v.get("d_star", v.get("value"))
+        elif isinstance(v, (list, tuple)) and v:
+            v = v[0]
+        return float(v) if isinstance(v, (int, float)) else None
+    return None
+
+
+def ucurve_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> str:
+    """Full-precision and post-quantization loss vs D per N: the U-curve, with D* (fitted, else the lowest
+    measured quantized loss when it lies inside the measured range)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = [c for c in cells if c.get("q_loss") is not None and c.get("fp_loss") is not None and c.get("tokens")]
+    notes, flat = [], []
+    for i, ((schedule, n), group) in enumerate(_series(pts).items()):
+        color = COLORS[i % len(COLORS)]
+        d = np.array([c["tokens"] for c in group], dtype=float)
+        q = np.array([c["q_loss"] for c in group])
+        q_lo = np.array([c.get("q_loss_ci_low") if c.get("q_loss_ci_low") is not None else v for c, v in zip(group, q)])
+        q_hi = np.array([c.get("q_loss_ci_high") if c.get("q_loss_ci_high") is not None else v
+                         for c, v in zip(group, q)])
+        label, text = _series_label(schedule, n), _series_text(schedule, n)
+        ax.plot(d, [c["fp_loss"] for c in group], "--", marker="o", mfc="none", color=color, ms=4, lw=1,
+                label=f"{label} full precision")
+        ax.errorbar(d, q, yerr=np.vstack([np.clip(q - q_lo, 0, None), np.clip(q_hi - q, 0, None)]), fmt="-o",
+                    color=color, ms=4, capsize=2, label=f"{label} quantized")
+        star = _d_star(match_fit(fits, group[0]), n)
+        if star is not None:
+            ax.axvline(star, color=color, ls=":", lw=1.2, label=f"{label} D* (fit) = {human(star)}")
+        elif len(q) >= 3 and 0 < int(np.argmin(q)) < len(q) - 1:
+            k = int(np.argmin(q))
+            ax.plot(d[k], q[k], "*", color=color, ms=12, label=f"{label} lowest quantized loss")
+        else:
+            flat.append(text)
+    ax.set_xscale("log")
+    ax.set_xlabel("D (training tokens)")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(_safe(title))
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=6)
+    _save(fig, path)
+    if flat:
+        notes.append(f"no D* fit and no interior minimum of the quantized loss for {', '.join(flat)}")
+    return "; ".join(notes)
+
+
+def method_plot(heads: list[dict], title: str, path: Path) -> str:
+    """Δloss per quantizer at one checkpoint (horizontal bars, log scale, CI whiskers)."""
+    plt = _pyplot()
+    heads = sorted(heads, key=lambda c: (c.get("bits") or 0, str(c.get("method")), str(c.get("quantizer"))))
+    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.32 * len(heads)))
+    y = np.arange(len(heads))
+    vals = np.array([c["delta_loss"] for c in heads])
+    positive = vals[vals > 0]
+    floor = positive.min() / 3 if positive.size else 1e-6
+    shown = np.maximum(vals, floor)
+    lo = np.array([c.get("delta_loss_ci_low") if c.get("delta_loss_ci_low") is not None else v
+                   for c, v in zip(heads, vals)])
+    hi = np.array([c.get("delta_loss_ci_high") if c.get("delta_loss_ci_high") is not None else v
+                   for c, v in zip(heads, vals)])
+    xerr = np.vstack([np.clip(shown - np.maximum(lo, floor), 0, None), np.clip(hi - shown, 0, None)])
+    methods = sorted({str(c.get("method")) for c in heads})  # one colour per method
+    colors = [COLORS[methods.index(str(c.get("method"))) % len(COLORS)] for c in heads]
+    ax.barh(y, shown, xerr=xerr, color=colors, alpha=0.8, capsize=2)
+    ax.set_yticks(y, [_safe(c.get("quantizer")) for c in heads])
+    ax.set_xscale("log")
+    ax.set_xlabel("Δloss (nats/token)")
+    ax.set_title(_safe(title))
+    ax.grid(True, axis="x", which="both", alpha=0.25)
+    _save(fig, path)
+    n_clip = int((vals <= 0).sum())
+    return f"{n_clip} quantizer(s) with Δloss ≤ 0 drawn at the left edge" if n_clip else ""
+
+
+def _attempt(kind: str, title: str, rel: str, site: Path, draw) -> dict:
+    """Run one plot; on failure record the error for the page instead of failing the build."""
+    try:
+        caption = draw(site / rel)
+        return {"kind": kind, "title": title, "file": rel, "caption": caption, "error": None}
+    except Exception as exc:  # noqa: BLE001 - one bad plot must not cost the whole site
+        return {"kind": kind, "title": title, "file": None, "caption": "",
+                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
+
+
+def family_plots(family, cells: list[dict], fits: list[dict], site: Path) -> list[dict]:
+    """Every plot of one family written under `site/plots/`; records {kind, title, file, caption, error}."""
+    ok = [c for c in cells if c.get("status") == "ok"]
+    by_group: dict[tuple, list[dict]] = defaultdict(list)
+    for c in ok:
+        by_group[(c.get("eval"), c.get("quantizer"))].append(c)
+    out = []
+    for (ev, quantizer), group in sorted(by_group.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        name = f"{family} · {ev} · {quantizer}"
+        base = f"plots/{slug(family, ev, quantizer)}"
+        out.append(_attempt("delta", f"Δloss vs D/N — {name}", f"{base}-delta.svg", site,
+                            lambda p, g=group, t=name: delta_plot(g, fits, t, p)))
+        out.append(_attempt("ucurve", f"Loss vs D (U-curve) — {name}", f"{base}-ucurve.svg", site,
+                            lambda p, g=group, t=name: ucurve_plot(g, fits, t, p)))
+    for ev in sorted({c.get("eval") for c in ok}, key=str):
+        heads = _headline_per_quantizer([c for c in ok if c.get("eval") == ev and c.get("delta_loss") is not None])
+        if len(heads) >= 2:
+            title = f"Quantizers compared — {family} · {ev} · N={human(heads[0].get('n_params'))}, " \
+                    f"D={human(heads[0].get('tokens'))}"
+            out.append(_attempt("methods", title, f"plots/{slug(family, ev)}-methods.svg", site,
+                                lambda p, h=heads, t=title: method_plot(h, t, p)))
+    return out
+
+
+def _headline_per_quantizer(cells: list[dict]) -> list[dict]:
+    """Each quantizer's cell at the family's headline checkpoint (largest N, then D, measured by all)."""
+    if not cells:
+        return []
+    n, d = max((c.get("n_params") or 0, c.get("tokens") or 0) for c in cells)
+    return [c for c in cells if (c.get("n_params") or 0, c.get("tokens") or 0) == (n, d)]
