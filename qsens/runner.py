@@ -56,6 +56,7 @@ def identity_row(cell: Cell, suite_name: str) -> dict:
     return {
         "key": cell.key, "suite": suite_name, "family": c.family, "checkpoint": c.name, "schedule": c.schedule,
         "size": c.size, "n_params": c.n_params, "tokens": c.tokens, "location": c.location, "revision": c.revision,
+        "stage": c.stage,
         "eval": ev.name, "eval_hash": ev.text_hash, "protocol_hash": ev.protocol.hash(),
         "protocol_json": ev.protocol.model_dump(mode="json"), "method": s.method, "bits": s.bits,
         "group_size": s.group_size_value(), "quantizer": s.label(), "settings_json": s.model_dump(mode="json"),
@@ -100,7 +101,7 @@ class _Checkpoint:
         if ev.name not in self.refs:
             tokens = build_eval_tokens(read_text(ev.path), self.tokenizer, ev.protocol)
             ref = score_reference(self.model, tokens, self.device, ev.protocol.batch_size,
-                                  keep_logprobs="kl" in self.suite.spec.metrics)
+                                  keep_logits="kl" in self.suite.spec.metrics)
             if not np.isfinite(ref.nll).all():
                 raise FloatingPointError("the full-precision model gives non-finite losses on this eval text")
             self.tokens[ev.name], self.refs[ev.name] = tokens, ref

@@ -1,9 +1,14 @@
 """Forward passes: per-token losses of the full-precision model (once per checkpoint) and of each quantized one.
 
-The full-precision pass keeps, per scored token, its loss, its argmax and (for KL) its full log-distribution.
-That log-distribution is [T, vocab] float32: in memory when small, else in a memory-mapped temp file (the way
-llama.cpp's `--kl-divergence-base` file does), so the full-precision model runs once per checkpoint and eval,
-however many quantizers follow.
+The full-precision pass keeps, per scored token, its loss, its argmax and (for KL) its logits [T, vocab] float32
+with their float64 log-sum-exp: in memory when small, else in a memory-mapped temp file (as llama.cpp's
+`--kl-divergence-base` file does), so the full-precision model runs once per checkpoint and eval, however many
+quantizers follow.
+
+Precision: losses and KL are computed in float64 from the models' float32 logits. KL(fp || q) is evaluated as
+sum_v p_v (z_fp - z_q)_v - (lse_fp - lse_q), where the logit difference of two close models is exact in float64;
+forming two float32 log-softmaxes and subtracting them instead leaves rounding noise (~1e-7) as large as the
+KL of an 8-bit model.
 """
 
 from __future__ import annotations
@@ -24,16 +29,17 @@ IN_MEMORY_LIMIT_BYTES = int(os.environ.get("QSENS_KL_IN_MEMORY_BYTES", 2 * 1024*
 
 @dataclass
 class ReferenceScores:
-    """Full-precision pass. nll: float64 [T]; argmax: int64 [T]; logprobs: float32 [T, V] or None."""
+    """Full-precision pass. nll, lse: float64 [T]; argmax: int64 [T]; logits: float32 [T, V] or None."""
 
     nll: np.ndarray
     argmax: np.ndarray
-    logprobs: np.ndarray | None
+    logits: np.ndarray | None
+    lse: np.ndarray
     tokens_digest: str
     _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     def close(self) -> None:
-        self.logprobs = None
+        self.logits = None
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
@@ -58,8 +64,8 @@ def _batches(tokens: EvalTokens, batch_size: int) -> Iterator[list[int]]:
             yield idx[s : s + batch_size]
 
 
-def _window_logprobs(model, tokens: EvalTokens, device: torch.device, batch_size: int):
-    """Yield (target slice [a, b) into tokens.targets, log-softmax float32 [n, V]) for every window."""
+def _window_logits(model, tokens: EvalTokens, device: torch.device, batch_size: int):
+    """Yield (target slice [a, b) into tokens.targets, logits float32 [n, V], their logsumexp float64 [n])."""
     starts = np.concatenate([[0], np.cumsum([n for _, _, n in tokens.windows])])
     with torch.inference_mode():
         for batch in _batches(tokens, batch_size):
@@ -67,49 +73,52 @@ def _window_logprobs(model, tokens: EvalTokens, device: torch.device, batch_size
             logits = model(input_ids=ids).logits
             for row, i in enumerate(batch):
                 _, first, n = tokens.windows[i]
-                lp = torch.log_softmax(logits[row, first : first + n].float(), dim=-1)
-                yield int(starts[i]), int(starts[i + 1]), lp
+                z = logits[row, first : first + n].float()
+                yield int(starts[i]), int(starts[i + 1]), z, torch.logsumexp(z.double(), dim=-1)
 
 
-def _nll(lp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -lp.gather(1, targets[:, None].to(lp.device))[:, 0].double()
+def _nll(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    return (lse - z.gather(1, targets[:, None].to(z.device))[:, 0].double()).cpu().numpy()
 
 
 def score_reference(model, tokens: EvalTokens, device: torch.device, batch_size: int = 8,
-                    keep_logprobs: bool = True) -> ReferenceScores:
+                    keep_logits: bool = True) -> ReferenceScores:
     """Run the full-precision model once over every window."""
     T = tokens.n_targets
-    nll = np.empty(T, dtype=np.float64)
+    nll, lse_all = np.empty(T, dtype=np.float64), np.empty(T, dtype=np.float64)
     argmax = np.empty(T, dtype=np.int64)
     store, tmpdir = None, None
-    for a, b, lp in _window_logprobs(model, tokens, device, batch_size):
-        if store is None and keep_logprobs:
-            shape = (T, lp.shape[-1])
-            if T * lp.shape[-1] * 4 <= IN_MEMORY_LIMIT_BYTES:
+    for a, b, z, lse in _window_logits(model, tokens, device, batch_size):
+        if store is None and keep_logits:
+            shape = (T, z.shape[-1])
+            if T * z.shape[-1] * 4 <= IN_MEMORY_LIMIT_BYTES:
                 store = np.empty(shape, dtype=np.float32)
             else:
-                tmpdir = tempfile.TemporaryDirectory(prefix="qsens-fp-logprobs-")
-                store = np.lib.format.open_memmap(os.path.join(tmpdir.name, "lp.npy"), "w+", np.float32, shape)
-        nll[a:b] = _nll(lp, tokens.targets[a:b]).cpu().numpy()
-        argmax[a:b] = lp.argmax(dim=-1).cpu().numpy()
+                tmpdir = tempfile.TemporaryDirectory(prefix="qsens-fp-logits-")
+                store = np.lib.format.open_memmap(os.path.join(tmpdir.name, "logits.npy"), "w+", np.float32, shape)
+        nll[a:b] = _nll(z, lse, tokens.targets[a:b])
+        lse_all[a:b] = lse.cpu().numpy()
+        argmax[a:b] = z.argmax(dim=-1).cpu().numpy()
         if store is not None:
-            store[a:b] = lp.cpu().numpy()
-    return ReferenceScores(nll, argmax, store, tokens.digest, tmpdir)
+            store[a:b] = z.cpu().numpy()
+    return ReferenceScores(nll, argmax, store, lse_all, tokens.digest, tmpdir)
 
 
 def score_quantized(model, tokens: EvalTokens, ref: ReferenceScores, device: torch.device,
                     batch_size: int = 8) -> QuantizedScores:
-    """Run a quantized model over the same windows; KL(fp || q) per token when the reference kept log-probs."""
+    """Run a quantized model over the same windows; KL(fp || q) per token when the reference kept its logits."""
     if ref.tokens_digest != tokens.digest:
         raise ValueError("reference and quantized passes must score the same tokens")
     T = tokens.n_targets
     nll = np.empty(T, dtype=np.float64)
     agree = np.empty(T, dtype=bool)
-    kl = np.empty(T, dtype=np.float64) if ref.logprobs is not None else None
-    for a, b, lp in _window_logprobs(model, tokens, device, batch_size):
-        nll[a:b] = _nll(lp, tokens.targets[a:b]).cpu().numpy()
-        agree[a:b] = lp.argmax(dim=-1).cpu().numpy() == ref.argmax[a:b]
+    kl = np.empty(T, dtype=np.float64) if ref.logits is not None else None
+    for a, b, z, lse in _window_logits(model, tokens, device, batch_size):
+        nll[a:b] = _nll(z, lse, tokens.targets[a:b])
+        agree[a:b] = z.argmax(dim=-1).cpu().numpy() == ref.argmax[a:b]
         if kl is not None:
-            lp_fp = torch.from_numpy(np.asarray(ref.logprobs[a:b])).to(lp.device)
-            kl[a:b] = (lp_fp.exp() * (lp_fp - lp)).sum(dim=-1, dtype=torch.float64).cpu().numpy()
+            z_fp = torch.from_numpy(np.asarray(ref.logits[a:b])).to(z.device).double()
+            lse_fp = torch.from_numpy(ref.lse[a:b]).to(z.device)
+            p_fp = torch.exp(z_fp - lse_fp[:, None])
+            kl[a:b] = ((p_fp * (z_fp - z.double())).sum(dim=-1) - (lse_fp - lse)).cpu().numpy()
     return QuantizedScores(nll, kl, agree)

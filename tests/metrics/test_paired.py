@@ -80,7 +80,7 @@ def _synthetic_scores(rng, n_windows, per_window, true_delta, window_sd, token_s
     tokens = EvalTokens(windows=[(torch.zeros(per_window + 1, dtype=torch.long), 0, per_window)] * n_windows,
                         targets=torch.zeros(w.size, dtype=torch.long), target_bytes=torch.ones(w.size, dtype=torch.long),
                         window_index=torch.from_numpy(w), n_words=0, digest="x")
-    ref = ReferenceScores(fp, np.zeros(w.size, dtype=np.int64), None, "x")
+    ref = ReferenceScores(fp, np.zeros(w.size, dtype=np.int64), None, np.zeros(w.size), "x")
     return tokens, ref, QuantizedScores(q, None, np.ones(w.size, dtype=bool))
 
 

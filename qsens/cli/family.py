@@ -1,0 +1,28 @@
+"""`qsens family train SPEC --out DIR`: pretrain a checkpoint ladder (resumable) and write its manifest."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "train a family of small Llama checkpoints (sizes x budgets x schedules)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="family_command", metavar="ACTION", required=True)
+    train = sub.add_parser("train", help="train (or resume training) every checkpoint of a ladder spec")
+    train.add_argument("spec", help="ladder spec YAML (e.g. checkpoints/micro.yaml)")
+    train.add_argument("--out", required=True, help="output folder (manifest.json + one HF folder per checkpoint)")
+    train.add_argument("--sizes", help="comma-separated size names to train in this process (default: all)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from qsens.families.ladder import train_ladder
+
+    try:
+        manifest = train_ladder(args.spec, args.out, args.sizes.split(",") if args.sizes else None)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"manifest: {manifest}")
+    return 0

@@ -1,0 +1,146 @@
+"""Pretrain a ladder of small Llama checkpoints: sizes x token budgets x schedules, on one fixed data order.
+
+Data order: the training text is one token stream (documents joined by the EOS token) cut into non-overlapping
+windows of `sequence_length + 1`; epoch e visits them in the permutation `default_rng(seed + e)`, and global
+step s takes the next `batch_size` windows. A batch depends on (seed, step) only, so every run of every size
+and schedule sees the same batches in the same order, and a resumed run continues exactly where it stopped.
+
+Schedules (`lr_at`): `cosine` is one run per budget (linear warmup, cosine to min_lr at that budget's last
+step); `wsd` is one warmup-stable run at peak lr, and each budget D_i branches off it at (1 - f)·D_i into a
+linear cooldown to min_lr ending at D_i (Hägele et al. 2024; Catalan-Tatjer et al. 2025).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qsens.families.spec import LadderSpec, SizeSpec
+
+
+def lr_at(step: int, total_steps: int, spec: LadderSpec, schedule: str) -> float:
+    """Learning rate of `step` (0-based) in a run ending at `total_steps` (for wsd: that budget's branch)."""
+    o = spec.optim
+    peak, low = o.peak_lr, o.peak_lr * o.min_lr_ratio
+    if step < o.warmup_steps:
+        return peak * (step + 1) / o.warmup_steps
+    if schedule == "cosine":
+        progress = (step - o.warmup_steps) / max(1, total_steps - 1 - o.warmup_steps)
+        return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    cooldown_start = wsd_branch_step(total_steps, spec)
+    if step < cooldown_start:
+        return peak
+    progress = (step - cooldown_start + 1) / (total_steps - cooldown_start)
+    return peak + (low - peak) * progress
+
+
+def wsd_branch_step(total_steps: int, spec: LadderSpec) -> int:
+    """First cooldown step of a WSD branch ending at `total_steps` (never inside the warmup)."""
+    return max(spec.optim.warmup_steps, round(total_steps * (1 - spec.wsd_cooldown_fraction)))
+
+
+class DataOrder:
+    """Batches by global step over a token stream (int64 [T]); see the module docstring."""
+
+    def __init__(self, stream: np.ndarray, spec: LadderSpec):
+        self.stream, self.L, self.B, self.seed = stream, spec.sequence_length, spec.batch_size, spec.seed
+        self.n_windows = (len(stream) - 1) // self.L
+        if self.n_windows < self.B:
+            raise ValueError(f"training text has {len(stream)} tokens: fewer than one batch of windows")
+
+    @lru_cache(maxsize=4)
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng(self.seed + epoch).permutation(self.n_windows)
+
+    def batch(self, step: int) -> torch.Tensor:
+        """int64 [batch_size, sequence_length + 1]."""
+        g = np.arange(step * self.B, (step + 1) * self.B)
+        starts = np.array([self._perm(int(e))[p] for e, p in zip(g // self.n_windows, g % self.n_windows)]) * self.L
+        return torch.from_numpy(np.stack([self.stream[s : s + self.L + 1] for s in starts]))
+
+    def describe(self) -> str:
+        return (f"stream of {len(self.stream)} tokens (documents joined by EOS), {self.n_windows} windows of "
+                f"{self.L}+1 tokens at multiples of {self.L}; epoch e in permutation numpy default_rng(seed+e); "
+                f"step s takes windows s*{self.B}..(s+1)*{self.B}-1; seed {self.seed}")
+
+
+def build_model(size: SizeSpec, spec: LadderSpec, vocab_size: int, eos_id: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=size.hidden, intermediate_size=size.mlp, num_hidden_layers=size.layers,
+        num_attention_heads=size.heads, num_key_value_heads=size.heads, max_position_embeddings=spec.sequence_length,
+        tie_word_embeddings=True, bos_token_id=eos_id, eos_token_id=eos_id,
+    )
+    torch.manual_seed(spec.seed)  # every run of a size starts from the same initial weights
+    return LlamaForCausalLM(config)
+
+
+def non_embedding_params(model) -> int:
+    """N: parameters outside the token embeddings and the output head (Kaplan et al. 2020 counting)."""
+    head = model.get_output_embeddings().weight
+    emb = model.get_input_embeddings().weight
+    return sum(p.numel() for p in model.parameters() if p is not head and p is not emb)
+
+
+def make_optimizer(model, spec: LadderSpec) -> torch.optim.Optimizer:
+    o = spec.optim
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=o.peak_lr, betas=o.betas, fused=False, foreach=False)
+
+
+def train_steps(model, opt, data: DataOrder, steps: range, lr_of, state_path: Path, log, grad_clip: float,
+                save_every_s: float = 120.0):
+    """Train over `steps`, saving (model, optimizer, next step) to `state_path` every `save_every_s` seconds.
+
+    Returns (last loss, seconds). `lr_of(step)` gives the learning rate.
+    """
+    model.train()
+    t0 = last_save = last_log = time.time()
+    loss_value = float("nan")
+    for step in steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_of(step)
+        batch = data.batch(step)
+        logits = model(input_ids=batch[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        loss_value = loss.item()
+        now = time.time()
+        if now - last_log > 20 or step == steps[-1]:
+            done = step - steps[0] + 1
+            log(f"step {step + 1}/{steps[-1] + 1} loss {loss_value:.4f} lr {lr_of(step):.2e} "
+                f"{done * batch[:, 1:].numel() / (now - t0):,.0f} tok/s")
+            last_log = now
+        if now - last_save > save_every_s and step != steps[-1]:
+            save_state(state_path, model, opt, step + 1)
+            last_save = now
+    return loss_value, time.time() - t0
+
+
+def save_state(path: Path, model, opt, next_step: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "next_step": next_step}, tmp)
+    tmp.replace(path)
+
+
+def load_state(path: Path, model, opt) -> int:
+    """Restore a saved state; returns the next step to run (0 when there is none)."""
+    if not path.is_file():
+        return 0
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    return int(state["next_step"])
