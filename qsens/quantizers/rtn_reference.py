@@ -24,7 +24,8 @@ symmetric (absmax, restricted range so that 0 is exact and the grid is symmetric
     deq   = scale * (code - zero)
 
 `round` is round-half-to-even (torch.round, CUDA rintf). Divisions are IEEE float32 divisions (no
-reciprocal-multiply), and `scale * (code - zero)` is one float32 multiply of an exact integer, so a kernel
+reciprocal-multiply: on CUDA, torch turns a division by a Python scalar into a multiply by its reciprocal, so
+every divisor here is a tensor), and `scale * (code - zero)` is one float32 multiply of an exact integer, so a kernel
 doing the same operations in the same order gets identical bits.
 
 Non-finite weights: a group containing NaN or +-Inf gets scale = NaN, zero = 0, all codes 0 and all
@@ -97,7 +98,7 @@ def rtn_quantize(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) -
         qmax = 2 ** (bits - 1) - 1
         amax = g_safe.abs().amax(dim=-1)
         amax = torch.where(amax == 0, torch.full_like(amax, float(qmax)), amax)
-        scale = amax / qmax
+        scale = amax / torch.full_like(amax, float(qmax))
         zero = torch.full_like(scale, float(2 ** (bits - 1)))
         q = torch.clamp(torch.round(g_safe / scale[..., None]), -qmax, qmax) + zero[..., None]
     else:
@@ -106,7 +107,7 @@ def rtn_quantize(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) -
         both_zero = lo == hi
         lo = torch.where(both_zero, torch.full_like(lo, -1.0), lo)
         hi = torch.where(both_zero, torch.full_like(hi, 1.0), hi)
-        scale = (hi - lo) / maxq
+        scale = (hi - lo) / torch.full_like(hi, float(maxq))
         zero = torch.round(-lo / scale)
         q = torch.clamp(torch.round(g_safe / scale[..., None]) + zero[..., None], 0, maxq)
     scale = torch.where(finite, scale, torch.full_like(scale, float("nan")))

@@ -1,0 +1,1 @@
+"""Micro-benchmarks behind `qsens bench` (each module: `run(...) -> dict` data, `to_markdown(data)`)."""

@@ -1,0 +1,55 @@
+"""`qsens bench kernel`: throughput of the RTN CUDA kernel vs copy, the torch reference and bitsandbytes NF4."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+HELP = "micro-benchmarks: `qsens bench kernel` measures the RTN kernel's GB/s against the copy ceiling"
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 4096x4096, got {text!r}") from None
+    if rows < 1 or cols < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return rows, cols
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    k = sub.add_parser("kernel", help="RTN kernel GB/s vs copy, torch reference and bnb quantize_4bit")
+    k.add_argument("--sizes", type=_size, nargs="+", metavar="ROWSxCOLS",
+                   help="weight shapes (default: 4096x4096 ... 16384x53248 on CUDA, two small ones on CPU)")
+    k.add_argument("--bits", type=int, default=4, choices=range(2, 9), metavar="{2..8}")
+    k.add_argument("--group-size", type=int, default=128, help="columns per group; -1 for one group per row")
+    k.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    k.add_argument("--iters", type=int, default=20, help="timed runs per measurement (median reported)")
+    k.add_argument("--device", help="default: cuda when available, else cpu")
+    k.add_argument("--out", type=Path, help="write the Markdown table here and its data beside it (.json)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from qsens.bench import kernel
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sizes = args.sizes or (kernel.DEFAULT_SIZES_CUDA if device.type == "cuda" else kernel.DEFAULT_SIZES_CPU)
+    if args.group_size != -1 and args.group_size < 1:
+        print(f"--group-size must be -1 or >= 1, got {args.group_size}", file=sys.stderr)
+        return 2
+    data = kernel.run(sizes, args.bits, args.group_size, getattr(torch, args.dtype), device, args.iters)
+    command = "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "qsens bench kernel"
+    table = kernel.to_markdown(data, command)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+        args.out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    return 0
