@@ -1,0 +1,91 @@
+"""Plain-text summary of fits: exponents with intervals, R², LOO error, D* per (N, bits), schedule comparison."""
+
+from __future__ import annotations
+
+import math
+
+from qsens.fit.groups import _BITS_TOKEN as _BITS
+
+EXPONENTS = {"ouyang": ("alpha", "beta"), "unified": ("alpha", "beta", "gamma"),
+             "kumar": ("gamma_N", "gamma_D", "gamma_post"), "chinchilla": ("a", "b", "E")}
+
+
+def _num(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    return f"{x:.{digits}g}"
+
+
+def _param(p: dict) -> str:
+    if p.get("fixed"):
+        return f"{_num(p['value'])} (fixed)"
+    return f"{_num(p['value'])} [{_num(p['ci_low'])}, {_num(p['ci_high'])}]"
+
+
+def _loo_rms(loo: list[dict] | None) -> float | None:
+    errs = [e["log_error"] for e in loo or [] if e.get("log_error") is not None]
+    return math.sqrt(sum(e * e for e in errs) / len(errs)) if errs else None
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _group(r: dict) -> str:
+    parts = [r["family"], r.get("schedule") or "", r["eval"], r.get("quantizer") or r.get("method") or ""]
+    return " ".join(p for p in parts if p)
+
+
+def fits_table(records: list[dict]) -> str:
+    """One line per fit: group, bits, exponents [95% CI], R² (log space), RMS log LOO error, points used."""
+    rows = []
+    for r in records:
+        names = EXPONENTS.get(r["law"], ())
+        if r["status"] != "ok":
+            rows.append([r["law"], _group(r), _num(r.get("bits")), r.get("message") or r["status"], "", "", ""])
+            continue
+        exps = "  ".join(f"{n}={_param(r['params'][n])}" for n in names if n in r["params"])
+        used = f"{r['n_points']} (-{r['n_excluded']})" if r.get("n_excluded") else str(r["n_points"])
+        rows.append([r["law"], _group(r), "all" if r.get("bits") is None else str(r["bits"]), exps,
+                     _num(r.get("r2")), _num(_loo_rms(r.get("loo"))), used])
+    return "\n".join(_table(["law", "group", "bits", "parameters [95% CI]", "R²(log)", "LOO rms", "points"], rows))
+
+
+def d_star_lines(records: list[dict]) -> str:
+    """D*/N per (fit, N) with one column per bit width; '>' marks a bottom beyond the measured range, 'none' a
+    curve that never turns up. Intervals are in the stored fits (d_star)."""
+    bit_widths = sorted({e["bits"] for r in records for e in r.get("d_star") or []})
+    table: dict[tuple, dict[int, str]] = {}  # (law, group without bits, N) -> {bits: cell}
+    for r in records:
+        for e in r.get("d_star") or []:
+            ratio = e["d_star"] / e["n_params"]
+            mark = "none" if not math.isfinite(ratio) else (">" if e["verdict"].startswith("beyond") else "")
+            low, high = e["d_star_ci_low"] / e["n_params"], e["d_star_ci_high"] / e["n_params"]
+            cell = "none" if mark == "none" else f"{mark}{_num(ratio)} [{_num(low, 2)}, {_num(high, 2)}]"
+            label = _BITS.sub(lambda m: m.group(1) + "w*", _group(r), count=1)
+            table.setdefault((r["law"], label, e["n_params"]), {})[e["bits"]] = cell
+    rows = [[law, label, str(n)] + [cells.get(b, "") for b in bit_widths] for (law, label, n), cells in table.items()]
+    if not rows:
+        return "D*: no degradation fit with a full-precision fit beside it."
+    head = ["law", "group", "N"] + [f"D*/N {b}-bit [95% CI]" for b in bit_widths]
+    return "U-curve bottom (D* / N; '>' = beyond the measured range)\n" + "\n".join(_table(head, rows))
+
+
+def comparison_lines(comparisons: list[dict]) -> str:
+    """The D exponent under two schedules, their difference and its interval."""
+    if not comparisons:
+        return "Schedules: no pair of fits that differ only in schedule."
+    rows = [[c["law"], c["eval"], "all" if c["bits"] is None else str(c["bits"]),
+             f"{c['schedule_a']}: {_num(c['value_a'])}", f"{c['schedule_b']}: {_num(c['value_b'])}",
+             f"{_num(c['difference'])} [{_num(c['ci_low'])}, {_num(c['ci_high'])}]",
+             {True: "yes", False: "no (interval covers 0)", None: "unknown (too few checkpoints)"}[c["differs"]]]
+            for c in comparisons]
+    return "\n".join(_table(["law", "eval", "bits", "exponent a", "exponent b", "a − b [95% CI]", "differs"], rows))
+
+
+def summary(records: list[dict], comparisons: list[dict]) -> str:
+    return "\n\n".join([fits_table(records), d_star_lines(records), comparison_lines(comparisons)])

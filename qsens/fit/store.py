@@ -1,0 +1,92 @@
+"""The `fits` table, beside the cells in `<results>/qsens.sqlite`: one row per (law, group, metric).
+
+Each row's `key` hashes the fit's inputs (law, grouping, metric, sorted cell keys and their values), so
+re-running `qsens fit` on the same cells replaces the row. A fit whose inputs changed (new or re-measured cells)
+gets a new key and *supersedes* the older row of the same (law, metric, group): that row is deleted, so the
+table holds the current fit of each group and never two. Structured columns are JSON. `fit_comparisons` holds
+the schedule comparisons of the last run, keyed by the two fits' keys.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+from qsens.fit.groups import GROUP_FIELDS
+
+DB_NAME = "qsens.sqlite"
+FIT_COLUMNS = [
+    ("key", "TEXT PRIMARY KEY"), ("law", "TEXT NOT NULL"), ("formula", "TEXT"), ("metric", "TEXT NOT NULL"),
+    ("family", "TEXT"), ("schedule", "TEXT"), ("eval", "TEXT"), ("method", "TEXT"), ("group_size", "INTEGER"),
+    ("settings", "TEXT"), ("bits", "INTEGER"), ("pooled", "INTEGER"), ("quantizer", "TEXT"),
+    ("status", "TEXT NOT NULL"), ("message", "TEXT"), ("params", "TEXT"), ("r2", "REAL"), ("residuals", "TEXT"),
+    ("loo", "TEXT"), ("n_points", "INTEGER"), ("n_excluded", "INTEGER"), ("excluded", "TEXT"),
+    ("d_star", "TEXT"), ("fp_fit_key", "TEXT"), ("n_boot", "INTEGER"), ("n_boot_failed", "INTEGER"),
+    ("seed", "INTEGER"), ("draws", "TEXT"), ("inputs", "TEXT"), ("created_at", "TEXT"),
+]
+FIT_COLUMN_NAMES = [n for n, _ in FIT_COLUMNS]
+JSON_COLUMNS = {"params", "residuals", "loo", "excluded", "d_star", "draws", "inputs"}
+IDENTITY = ("law", "metric") + GROUP_FIELDS
+
+
+def connect(db_path: str | Path) -> sqlite3.Connection:
+    con = sqlite3.connect(str(db_path), timeout=60)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def ensure_tables(con: sqlite3.Connection) -> None:
+    """Create `fits` and `fit_comparisons` if missing; add columns a newer qsens defines."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS fits ({', '.join(f'{n} {t}' for n, t in FIT_COLUMNS)})")
+    have = {row[1] for row in con.execute("PRAGMA table_info(fits)")}
+    for name, decl in FIT_COLUMNS:
+        if name not in have:
+            con.execute(f"ALTER TABLE fits ADD COLUMN {name} {decl.replace('PRIMARY KEY', '').replace('NOT NULL', '')}")
+    con.execute("CREATE TABLE IF NOT EXISTS fit_comparisons (fit_a TEXT, fit_b TEXT, exponent TEXT, "
+                "body TEXT, created_at TEXT, PRIMARY KEY (fit_a, fit_b, exponent))")
+
+
+def _row(record: dict, created_at: str) -> dict:
+    row = {n: record.get(n) for n in FIT_COLUMN_NAMES}
+    row["pooled"] = int(record.get("bits") is None)
+    row["created_at"] = created_at
+    for name in JSON_COLUMNS:
+        if row[name] is not None:
+            row[name] = json.dumps(row[name], sort_keys=True, allow_nan=True)
+    return row
+
+
+def save_fits(con: sqlite3.Connection, records: list[dict], comparisons: list[dict] = ()) -> int:
+    """Insert or replace fits (and drop superseded rows of the same identity), in one transaction."""
+    created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with con:
+        ensure_tables(con)
+        for record in records:
+            row = _row(record, created_at)
+            where = " AND ".join(f"{k} IS ?" for k in IDENTITY)
+            con.execute(f"DELETE FROM fits WHERE key != ? AND {where}", [row["key"], *(row[k] for k in IDENTITY)])
+            con.execute(f"INSERT OR REPLACE INTO fits ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        list(row.values()))
+        for c in comparisons:
+            con.execute("INSERT OR REPLACE INTO fit_comparisons VALUES (?, ?, ?, ?, ?)",
+                        (*c["fit_keys"], c["exponent"], json.dumps(c, sort_keys=True), created_at))
+    return len(records)
+
+
+def load_fits(con: sqlite3.Connection) -> list[dict]:
+    """Every stored fit, JSON columns decoded, ordered by law and group."""
+    ensure_tables(con)
+    rows = con.execute("SELECT * FROM fits ORDER BY law, family, schedule, eval, method, settings, bits").fetchall()
+    return [{k: (json.loads(r[k]) if k in JSON_COLUMNS and r[k] is not None else r[k]) for k in r.keys()}
+            for r in rows]
+
+
+def load_cells(db_path: str | Path) -> list[dict]:
+    """The ok cells of a results database (what `ResultStore.cells(status='ok')` returns)."""
+    con = connect(db_path)
+    try:
+        return [dict(r) for r in con.execute("SELECT * FROM cells WHERE status = 'ok'")]
+    finally:
+        con.close()
