@@ -96,6 +96,7 @@ class _Checkpoint:
         self.model = load_model(ckpt, device)
         self.tokens: dict[str, EvalTokens] = {}
         self.refs: dict[str, ReferenceScores] = {}
+        self.calibration: Callable[[int, int], torch.Tensor] | None = None
 
     def reference(self, ev: EvalText) -> tuple[EvalTokens, ReferenceScores]:
         if ev.name not in self.refs:
@@ -108,9 +109,13 @@ class _Checkpoint:
         return self.tokens[ev.name], self.refs[ev.name]
 
     def quantize(self, settings: QuantSettings) -> QuantResult:
+        if self.device.type == "cuda":  # peak memory per method, not per process
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.calibration is None and self.suite.calibration_path is not None:
+            self.calibration = calibration_sampler(self.suite, self.tokenizer)  # tokenized once per checkpoint
         ctx = QuantContext(
             fp_model=self.model, tokenizer=self.tokenizer, reload=lambda **kw: load_model(self.ckpt, self.device, **kw),
-            device=self.device, seed=self.suite.spec.seed, calibration=calibration_sampler(self.suite, self.tokenizer),
+            device=self.device, seed=self.suite.spec.seed, calibration=self.calibration,
             checkpoint_dir=self.ckpt.location if self.ckpt.is_local else None,
         )
         return method_module(settings.method).quantize(ctx, settings)

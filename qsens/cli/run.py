@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 HELP = "run a suite: quantize every checkpoint and measure its sensitivity (incremental, resumable)"
@@ -18,15 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from qsens.cli.validate import load_or_report
     from qsens.executors import run_suite
     from qsens.report import print_summary
     from qsens.store import ResultStore
-    from qsens.suites.load import SuiteError, load_suite
 
-    try:
-        suite = load_suite(args.suite)
-    except SuiteError as exc:
-        print(exc, file=sys.stderr)
+    suite = load_or_report(args.suite)
+    if suite is None:
         return 2
     results = Path(args.results or Path("results") / suite.name)
     options = {"address": args.address} if args.executor == "ray" else {}

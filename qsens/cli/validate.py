@@ -12,13 +12,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", help="suite YAML file")
 
 
-def main(args: argparse.Namespace) -> int:
+def load_or_report(path: str):
+    """The loaded suite, or None after printing every problem to stderr."""
     from qsens.suites.load import SuiteError, load_suite
 
     try:
-        suite = load_suite(args.suite)
+        return load_suite(path)
     except SuiteError as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def main(args: argparse.Namespace) -> int:
+    suite = load_or_report(args.suite)
+    if suite is None:
         return 2
     n = len(suite.checkpoints) * len(suite.quantizers) * len(suite.evals)
     print(f"{args.suite}: valid suite '{suite.name}': {len(suite.checkpoints)} checkpoints x "

@@ -28,8 +28,8 @@ from qsens.metrics.text import read_text
 EOS = "<|endoftext|>"
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
-    """Byte-level BPE (the `tokenizers` library) saved as a transformers fast tokenizer in `out_dir`."""
+def byte_level_bpe(texts: list[str], vocab_size: int):
+    """A byte-level BPE trained with the `tokenizers` library, as a transformers fast tokenizer (EOS = BOS)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -39,7 +39,12 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, model_max_length=10**6)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, model_max_length=10**6)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
+    """`byte_level_bpe`, saved atomically to `out_dir` (kept if another process saved it first)."""
+    fast = byte_level_bpe(texts, vocab_size)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     fast.save_pretrained(tmp)

@@ -26,6 +26,8 @@ class QuantSettings(BaseModel):
     skip: tuple[str, ...] = ("lm_head",)
 
     group_size_field: ClassVar[str | None] = "group_size"
+    # Methods that need calibration text (GPTQ) say so, so a suite without it fails validation, not a cell.
+    needs_calibration: ClassVar[bool] = False
 
     def label(self) -> str:
         """Short human label, e.g. 'rtn-w4-g32-asym'."""

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import ClassVar, Iterator, Literal
 
 import torch
 from pydantic import field_validator, model_validator
@@ -39,6 +39,7 @@ GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)  # what gptqmodel's packing 
 
 
 class Settings(QuantSettings):
+    needs_calibration: ClassVar[bool] = True
     method: Literal["gptq"] = "gptq"
     bits: int
     group_size: int = 128

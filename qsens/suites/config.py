@@ -26,6 +26,25 @@ class CheckpointSpec(_Strict):
     tokens: int | None = Field(None, ge=0, description="pretraining tokens D")
     step: int | None = Field(None, ge=0, description="training step; D = step x family.tokens_per_step")
     schedule: str | None = None
+    stage: str | None = Field(None, description="training stage, e.g. 'stable' or 'anneal' (default: from an "
+                              "OLMo-2 revision name 'stage1-...')")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_revision(cls, data):
+        """D and the stage from an OLMo-style revision 'stage1-step40000-tokens84B' unless given explicitly."""
+        if not isinstance(data, dict) or not isinstance(data.get("revision"), str):
+            return data
+        info = parse_revision(data["revision"])
+        data = dict(data)
+        if info.get("stage") and data.get("stage") is None:
+            data["stage"] = info["stage"]
+        if "tokens" in info and data.get("tokens") is None:
+            if info.get("stage") not in (None, "stage1"):
+                raise ValueError(f"revision {data['revision']!r} counts only the tokens of its own stage: give the "
+                                 "cumulative pretraining 'tokens' explicitly")
+            data["tokens"] = info["tokens"]
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> "CheckpointSpec":
@@ -68,12 +87,29 @@ class FamilySpec(_Strict):
         return self
 
 
+_REVISION = re.compile(r"(?:(?P<stage>stage\d+)(?:-[A-Za-z0-9_]+)*?-)?step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)(?P<unit>[MBT]))?")
+_UNIT = {"M": 10**6, "B": 10**9, "T": 10**12}
+
+
+def parse_revision(revision: str) -> dict:
+    """What a hub revision name says: Pythia 'step143000' -> step; OLMo 'step20000-tokens83B' -> step and
+    tokens (rounded to the unit); OLMo-2 'stage1-step40000-tokens84B' -> also the stage. {} for other names."""
+    match = _REVISION.fullmatch(revision or "")
+    if not match:
+        return {}
+    out: dict = {"step": int(match["step"])}
+    if match["tokens"] is not None:
+        out["tokens"] = int(match["tokens"]) * _UNIT[match["unit"]]
+    if match["stage"]:
+        out["stage"] = revision.split("-step")[0]
+    return out
+
+
 def step_of(spec: CheckpointSpec) -> int | None:
-    """The training step, given directly or read from a Pythia-style revision 'step143000'."""
+    """The training step, given directly or read from a revision name ('step143000', 'step20000-tokens83B')."""
     if spec.step is not None:
         return spec.step
-    match = re.fullmatch(r"step(\d+)", spec.revision or "")
-    return int(match.group(1)) if match else None
+    return parse_revision(spec.revision or "").get("step")
 
 
 class EvalSpec(_Strict):
@@ -89,9 +125,9 @@ class EvalSpec(_Strict):
 
 
 class CalibrationSpec(_Strict):
-    path: str = Field(description="training text for calibration (never the eval text)")
-    samples: int = Field(128, ge=1)
-    length: int = Field(128, ge=2)
+    """Where calibration samples come from; how many and how long is each method's setting (e.g. GPTQ's)."""
+
+    path: str = Field(description="the family's training text (never the eval text)")
 
 
 class BootstrapSpec(_Strict):
