@@ -1,0 +1,207 @@
+"""`qsens nightly CONFIG`: run a list of suites incrementally, fit, rebuild the board, record the run.
+
+Each step is isolated: a suite that fails to load or crashes is recorded and the next one still runs; the fit
+and the board run afterwards on whatever is stored. The run record (start/end, cells computed/skipped/failed,
+versions, device, git commit, every step's outcome) goes to the `runs` table of each results folder and to a
+JSONL log. The run succeeds only if no cell and no step failed.
+
+Config (YAML, relative paths resolved against the config file's folder):
+
+    suites:
+      - {suite: suites/pythia.yaml, results: results/pythia, executor: ray, address: auto}
+      - {suite: suites/olmo.yaml}            # results/<suite name>, local executor
+    fit: true                                # `qsens fit --results DIR` on each results folder
+    board: {results: results, out: site}     # qsens.board.build.build_board(results, out)
+    log: results/nightly.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SuiteEntry(_Strict):
+    suite: str = Field(description="suite YAML file")
+    results: str | None = Field(None, description="results folder (default: results/<suite name>)")
+    executor: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="Ray cluster address ('auto' = the cluster of this node)")
+    num_gpus_per_task: float | None = Field(None, ge=0, description="default: 1 if the cluster has GPUs, else 0")
+    retries: int = Field(1, ge=0, description="resubmissions of a checkpoint whose Ray worker died")
+
+
+class BoardEntry(_Strict):
+    results: str = Field(description="folder holding the results folders the board shows")
+    out: str = Field(description="folder the board is written to")
+
+
+class NightlyConfig(_Strict):
+    suites: list[SuiteEntry] = Field(min_length=1)
+    fit: bool = True
+    board: BoardEntry | None = None
+    log: str = "results/nightly.jsonl"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: str | Path) -> NightlyConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return NightlyConfig.model_validate(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{path}: invalid nightly config\n  " + "\n  ".join(lines)) from None
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool = True
+    error: str | None = None
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _step(name: str, fn, **details) -> Step:
+    """Run one step; any exception fails this step (with its traceback tail), never the whole run."""
+    step, t0 = Step(name, details=details), time.perf_counter()
+    try:
+        result = fn()
+        if isinstance(result, dict):
+            step.details.update(result)
+    except Exception as exc:  # noqa: BLE001 - a failing step is recorded, the next one still runs
+        step.ok = False
+        step.details.update(getattr(exc, "counts", {}))  # a suite with failed cells keeps its counts
+        tail = "".join(traceback.format_exception(exc)[-2:]).strip()
+        step.error = f"{type(exc).__name__}: {exc}\n{tail}"[:4000]
+    step.seconds = round(time.perf_counter() - t0, 3)
+    return step
+
+
+class CellsFailed(RuntimeError):
+    """Some cells of a suite failed; the step is failed, and its counts are kept."""
+
+    def __init__(self, counts: dict):
+        super().__init__(f"{counts['failed']} cell(s) failed in suite {counts['suite']} (see `qsens export --status failed`)")
+        self.counts = counts
+
+
+def _run_suite(entry: SuiteEntry, base: Path, results_dirs: list[Path]) -> dict:
+    from qsens.executors import run_suite
+    from qsens.suites.load import load_suite
+
+    suite = load_suite(base / entry.suite)
+    results = base / entry.results if entry.results else base / "results" / suite.name
+    results_dirs.append(results)
+    options = {}
+    if entry.executor == "ray":
+        options = {"address": entry.address, "num_gpus_per_task": entry.num_gpus_per_task, "retries": entry.retries}
+    summary = run_suite(suite, results, executor=entry.executor, progress=False, **options)
+    out = {"suite": suite.name, "results": str(results), "planned": summary.planned, "skipped": summary.skipped,
+           "computed": summary.computed, "failed": summary.failed}
+    if summary.failed:
+        raise CellsFailed(out)
+    return out
+
+
+def _fit(results: Path) -> dict:
+    """`qsens fit --results DIR`, through the fit command's own parser; a missing fit module fails clearly."""
+    import argparse
+    import importlib
+
+    try:
+        module = importlib.import_module("qsens.cli.fit")
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(f"the fit step needs `qsens fit`, which this install lacks ({exc})") from None
+    parser = argparse.ArgumentParser(prog="qsens fit")
+    module.add_arguments(parser)
+    try:
+        args = parser.parse_args(["--results", str(results)])
+    except SystemExit:
+        raise RuntimeError("`qsens fit` does not accept `--results DIR`; the nightly cannot call it") from None
+    status = int(module.main(args) or 0)
+    if status:
+        raise RuntimeError(f"`qsens fit --results {results}` exited with status {status}")
+    return {"results": str(results)}
+
+
+def _board(board: BoardEntry, base: Path) -> dict:
+    try:
+        from qsens.board.build import build_board
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(f"the board step needs qsens.board.build, which this install lacks ({exc})") from None
+    build_board(base / board.results, base / board.out)
+    return {"out": str(base / board.out)}
+
+
+def _cell_devices(results_dirs: list[Path], since: str) -> list[str]:
+    from qsens.store import ResultStore
+
+    devices = set()
+    for d in results_dirs:
+        if d.is_dir():
+            devices |= {c["device"] for c in ResultStore(d).cells() if c["device"] and (c["started_at"] or "") >= since}
+    return sorted(devices)
+
+
+def run_nightly(config_path: str | Path) -> dict:
+    """Run everything the config lists; returns the run record (also stored and logged). Raises ConfigError."""
+    from qsens.families.loading import resolve_device
+    from qsens.provenance import provenance
+    from qsens.store.runs import append_run
+
+    config_path = Path(config_path).resolve()
+    config, base = load_config(config_path), config_path.parent
+    started, t0 = _now(), time.perf_counter()
+    results_dirs: list[Path] = []
+    steps = [_step(f"suite {e.suite}", lambda e=e: _run_suite(e, base, results_dirs), executor=e.executor)
+             for e in config.suites]
+    if config.fit:
+        steps += [_step(f"fit {d}", lambda d=d: _fit(d)) for d in dict.fromkeys(results_dirs)]
+    if config.board is not None:
+        steps.append(_step("board", lambda: _board(config.board, base)))
+    record = _record(config_path, config, steps, started, results_dirs, provenance(resolve_device("auto")))
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    for d in dict.fromkeys(results_dirs):
+        append_run(d, record)
+    log = base / config.log
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    return record
+
+
+def _record(config_path: Path, config: NightlyConfig, steps: list[Step], started: str, results_dirs: list[Path],
+            prov: dict) -> dict:
+    suites = [s.details for s in steps if s.name.startswith("suite ")]
+    total = {k: sum(s.get(k, 0) for s in suites) for k in ("planned", "computed", "skipped", "failed")}
+    executors = sorted({e.executor for e in config.suites})
+    return {
+        "kind": "nightly", "config": str(config_path), "suite": ",".join(s["suite"] for s in suites if "suite" in s),
+        "started_at": started, "finished_at": _now(), "ok": all(s.ok for s in steps),
+        "cells_planned": total["planned"], "cells_computed": total["computed"], "cells_skipped": total["skipped"],
+        "cells_failed": total["failed"], "executor": ",".join(executors),
+        "device": prov["device"], "cell_devices": _cell_devices(results_dirs, started), **prov,
+        "steps": [asdict(s) for s in steps],
+    }

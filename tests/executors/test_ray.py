@@ -1,0 +1,122 @@
+"""The Ray executor: the same numbers as the local one, and a worker killed mid-cell loses only that cell.
+
+Runs a local Ray instance on 2 CPUs with its files in a temporary dir (RAY_AUTH_MODE=disabled).
+"""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from qsens.executors import run_suite
+from qsens.store import ResultStore
+from qsens.store.db import METRIC_COLUMNS
+from qsens.suites.load import load_suite
+
+pytest.importorskip("ray")
+
+
+def _by_key(results) -> dict:
+    return {c["key"]: c for c in ResultStore(results).cells()}
+
+
+def test_ray_gives_the_local_numbers(tiny_suite, tmp_path, ray_env):
+    suite = load_suite(tiny_suite)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a Ray task gets 1 CPU and sets 1 thread: the same reduction order as here
+    try:
+        local = run_suite(suite, tmp_path / "local", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    distributed = run_suite(suite, tmp_path / "ray", executor="ray", progress=False, **ray_env)
+    assert local.computed == distributed.computed == 6 and distributed.failed == 0
+    a, b = _by_key(tmp_path / "local"), _by_key(tmp_path / "ray")
+    assert a.keys() == b.keys()
+    for key in a:
+        for m in METRIC_COLUMNS + ["fp_loss", "q_loss", "effective_bits", "layers_quantized"]:
+            x, y = a[key].get(m), b[key].get(m)
+            assert (x is None and y is None) or x == pytest.approx(y, rel=1e-9, abs=1e-12), (m, x, y)
+        assert b[key]["status"] == "ok" and b[key]["attempts"] == 1
+    # incremental: a second ray run finds nothing to do
+    again = run_suite(suite, tmp_path / "ray", executor="ray", progress=False, **ray_env)
+    assert again.skipped == 6 and again.computed == 0
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _is_task(pid: int) -> bool:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_run_group")
+
+
+def _task_pids() -> list[int]:
+    """Workers of the Ray instance this test started (descendants of this process) now running a qsens
+    checkpoint task: Ray titles them `ray::_run_group` while they run it. A child the worker forks carries the
+    same title until it execs, so only the outermost such process counts."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not _is_task(int(entry.name)) or _is_task(_parent(int(entry.name))):
+                continue
+            pid = int(entry.name)
+            while pid > 1 and pid != os.getpid():
+                pid = _parent(pid)
+        except OSError:
+            continue
+        if pid == os.getpid():
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("retries", [1, pytest.param(0, marks=[pytest.mark.heavy, pytest.mark.skipif(
+    os.environ.get("QSENS_HEAVY") != "full", reason="reduced form; QSENS_HEAVY=full also runs without retries")])])
+def test_a_worker_killed_mid_cell_loses_only_that_cell(suite_writer, tmp_path, ray_env, retries, monkeypatch):
+    """SIGKILL the worker as soon as its first cell is stored: with a retry its unfinished cells are recomputed
+    (and nothing finished is recomputed); without, they are marked failed. Every other cell is kept."""
+    import qsens.executors as executors
+
+    # a longer eval text (about a second per cell) so that the kill, sent when the driver sees the first row,
+    # lands while the worker is computing the next cell
+    suite = load_suite(suite_writer(name="long", eval_words=12000))
+    killed, log = [], []
+    real_store = executors.ResultStore
+
+    class KillingStore(real_store):
+        def save(self, row):
+            super().save(row)
+            log.append((row["checkpoint"], row["quantizer"], row["status"]))
+            if not killed and row["checkpoint"] == "a" and row["status"] == "ok":
+                pids = _task_pids()
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                killed.extend(pids or [None])
+
+    monkeypatch.setattr(executors, "ResultStore", KillingStore)
+    # 2 CPUs per task on a 2-CPU instance: one checkpoint at a time, so the only task running is a's
+    summary = run_suite(suite, tmp_path / "res", executor="ray", progress=False, retries=retries,
+                        num_cpus_per_task=2, **ray_env)
+    assert len(killed) == 1 and killed[0] is not None, f"expected one worker to kill, found {killed}"
+    cells = ResultStore(tmp_path / "res").cells()
+    assert len(cells) == 6 and ResultStore(tmp_path / "res").integrity_ok()
+    done_before = {(c, q) for c, q, s in log[: next(i for i, e in enumerate(log) if e[0] == "a" and e[2] == "ok") + 1]
+                   if s == "ok"}
+    by = {(c["checkpoint"], c["quantizer"]): c for c in cells}
+    for ck_q in done_before:  # finished before the kill: kept as they were, never recomputed
+        assert by[ck_q]["status"] == "ok" and by[ck_q]["attempts"] == 1
+    lost = [c for c in cells if c["status"] != "ok"]
+    if retries:
+        assert summary.failed == 0 and not lost
+        assert sorted(log) == sorted(set(log)), "a finished cell was computed twice"
+    else:
+        # only checkpoint a's cells not yet finished are lost (failed, with the reason); b is untouched
+        assert lost and all(c["checkpoint"] == "a" and "worker lost" in c["error"] for c in lost)
+        assert len(lost) <= 2
+    assert all(c["status"] == "ok" for c in cells if c["checkpoint"] == "b")
+    print(f"\nray worker kill (retries={retries}): {len(done_before)} ok before, {summary.computed} computed in all, "
+          f"{len(lost)} lost (failed), {sum(c['attempts'] > 1 for c in cells)} re-run")
