@@ -69,7 +69,7 @@ def test_pythia_bookkeeping(tmp_path):
             assert step in PYTHIA_STEPS, c.revision
             assert c.location == f"EleutherAI/{family}" and not c.is_local
             assert c.tokens == step * PYTHIA_TOKENS_PER_STEP and c.n_params == PYTHIA_N[size]
-            assert c.schedule == ("pile-deduped" if "deduped" in family else "pile")
+            assert c.schedule == "cosine"  # snapshots of one cosine run; deduped or not is the family
         assert max(c.tokens for c in ckpts) == 143000 * 2_097_152  # the final checkpoint, ~300B tokens
     assert all("embed_out" in q.skip for q in suite.quantizers)  # Pythia's output head is not `lm_head`
 
