@@ -147,15 +147,11 @@ def test_revision_tokens_and_stage_fill_the_checkpoint_unless_given():
 # --- the hub mocked: a fake HF cache that transformers resolves offline -------------------------------------------
 
 def _tiny_repo_files(folder: Path, kind: str) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Olmo2Config, Olmo2ForCausalLM
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["a few words of stand-in text " * 40], trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(folder)
+    from qsens.families.ladder import byte_level_bpe
+
+    byte_level_bpe(["a few words of stand-in text " * 40], 300).save_pretrained(folder)
     torch.manual_seed(0)
     shape = dict(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                  max_position_embeddings=128)
