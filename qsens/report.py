@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 
 from rich.console import Console
@@ -13,7 +14,8 @@ from qsens.suites.load import Suite
 
 
 def print_summary(suite: Suite, store: ResultStore, summary, console: Console | None = None) -> None:
-    console = console or Console()
+    # Piped or logged output gets a wide table rather than rich's 80-column default, which truncates labels.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=220))
     keys = {c.key for c in plan_cells(suite)}
     cells = [c for c in store.cells() if c["key"] in keys]
     quantizers = [q.label() for q in suite.quantizers]
