@@ -29,8 +29,13 @@ def main(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
         tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        try:  # write aside, then rename: a failed write (disk full) leaves the previous export intact
+            tmp.write_text(text)
+            tmp.replace(out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            print(f"qsens export: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     else:
         sys.stdout.write(text)
     return 0

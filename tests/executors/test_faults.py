@@ -116,7 +116,7 @@ def test_a_bad_checkpoint_fails_its_cells_and_the_run_goes_on(suite_writer, tiny
             assert c["status"] == "ok" and torch.isfinite(torch.tensor(c["delta_loss"]))
 
 
-def test_export_on_a_full_disk_keeps_the_previous_export(tiny_suite, tmp_path, monkeypatch):
+def test_export_on_a_full_disk_keeps_the_previous_export(tiny_suite, tmp_path, monkeypatch, capsys):
     """The export is written to a temporary file and renamed: a full disk mid-write leaves the last good export."""
     run_suite(load_suite(tiny_suite), tmp_path / "res", progress=False)
     out = tmp_path / "cells.json"
@@ -133,9 +133,9 @@ def test_export_on_a_full_disk_keeps_the_previous_export(tiny_suite, tmp_path, m
         return real_write_text(self, data, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full_disk)
-    with pytest.raises(OSError) as err:
-        cli_main(["export", "--results", str(tmp_path / "res"), "-o", str(out)])
-    assert err.value.errno == errno.ENOSPC and "No space left" in str(err.value)
+    assert cli_main(["export", "--results", str(tmp_path / "res"), "-o", str(out)]) == 1
+    assert f"cannot write {out}: No space left on device" in capsys.readouterr().err
     assert out.read_bytes() == good  # the previous export is intact
+    assert sorted(p.name for p in tmp_path.glob(out.name + "*")) == [out.name]  # no half-written .tmp left
     assert ResultStore(tmp_path / "res").integrity_ok() and len(ResultStore(tmp_path / "res").cells()) == 6
     print(f"\nexport on a full disk: leftovers {sorted(p.name for p in tmp_path.glob(out.name + '*'))}")
