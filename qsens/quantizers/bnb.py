@@ -13,7 +13,6 @@ consecutive weights of the row-major flattened matrix, 16-entry NF4/FP4 code boo
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Literal
 
@@ -21,7 +20,7 @@ import torch
 from pydantic import field_validator
 
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
-from qsens.quantizers.layers import peak_memory_bytes, quantizable_linears
+from qsens.quantizers.layers import peak_memory_bytes, working_copy
 
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -92,10 +91,7 @@ def quantize(ctx: QuantContext, settings: Settings) -> QuantResult:
     from qsens.quantizers.isolation import preserved_rng, restored_environ
 
     start = time.perf_counter()
-    model = copy.deepcopy(ctx.fp_model)
-    layers = quantizable_linears(model, settings.skip)
-    if not layers:
-        raise ValueError(f"no Linear layer left to quantize after skip={list(settings.skip)}")
+    model, layers = working_copy(ctx.fp_model, settings.skip)
     with preserved_rng(), restored_environ():
         import bitsandbytes
 

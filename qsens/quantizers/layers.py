@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 
 import torch
@@ -19,6 +20,20 @@ def quantizable_linears(model: torch.nn.Module, skip: tuple[str, ...]) -> list[t
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and not any(fnmatch.fnmatchcase(name, p) for p in skip)
     ]
+
+
+def working_copy(fp_model: torch.nn.Module, skip: tuple[str, ...], verb: str = "quantize"
+                 ) -> tuple[torch.nn.Module, list[tuple[str, torch.nn.Linear]]]:
+    """A deep copy of the full-precision model (which methods must not modify) and its selected Linear layers.
+
+    Raises ValueError when `skip` leaves no layer, so a misconfigured method fails its cell instead of scoring
+    the unmodified model as if it were quantized.
+    """
+    model = copy.deepcopy(fp_model)
+    layers = quantizable_linears(model, skip)
+    if not layers:
+        raise ValueError(f"no Linear layer left to {verb} after skip={list(skip)}")
+    return model, layers
 
 
 def peak_memory_bytes(device: torch.device) -> int:

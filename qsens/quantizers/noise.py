@@ -26,7 +26,6 @@ bits of the model's dtype. Compare noise with quantizers through the recorded re
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from typing import Literal
@@ -35,7 +34,7 @@ import torch
 from pydantic import field_validator
 
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
-from qsens.quantizers.layers import peak_memory_bytes, quantizable_linears
+from qsens.quantizers.layers import peak_memory_bytes, working_copy
 
 
 class Settings(QuantSettings):
@@ -89,10 +88,7 @@ def reference_std(settings: Settings, weight: torch.Tensor, model: torch.nn.Modu
 
 def quantize(ctx: QuantContext, settings: Settings) -> QuantResult:
     start = time.perf_counter()
-    model = copy.deepcopy(ctx.fp_model)
-    layers = quantizable_linears(model, settings.skip)
-    if not layers:
-        raise ValueError(f"no Linear layer left to perturb after skip={list(settings.skip)}")
+    model, layers = working_copy(ctx.fp_model, settings.skip, verb="perturb")
     sq_err = sq_norm = 0.0
     n_weights = 0
     with torch.no_grad():

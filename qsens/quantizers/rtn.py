@@ -7,7 +7,6 @@ builds, else the reference; the backend that ran is recorded in the result.
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Literal
 
@@ -15,7 +14,7 @@ import torch
 from pydantic import field_validator
 
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
-from qsens.quantizers.layers import peak_memory_bytes, quantizable_linears
+from qsens.quantizers.layers import peak_memory_bytes, working_copy
 from qsens.quantizers.rtn_reference import rtn_fake_quantize
 
 
@@ -70,15 +69,12 @@ def resolve_backend(requested: str, device: torch.device) -> str:
 
 def quantize(ctx: QuantContext, settings: Settings) -> QuantResult:
     start = time.perf_counter()
-    model = copy.deepcopy(ctx.fp_model)
     backend = resolve_backend(settings.backend, ctx.device)
     if backend == "cuda":
         from qsens.quantizers.rtn_kernel import rtn_fake_quantize_kernel as fake_quantize
     else:
         fake_quantize = rtn_fake_quantize
-    layers = quantizable_linears(model, settings.skip)
-    if not layers:
-        raise ValueError(f"no Linear layer left to quantize after skip={list(settings.skip)}")
+    model, layers = working_copy(ctx.fp_model, settings.skip)
     weight_bits = 0.0
     n_weights = 0
     with torch.no_grad():
