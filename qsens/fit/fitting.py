@@ -15,6 +15,13 @@ the 1.3 and 98.7 percentiles. Those percentiles are then bias-corrected and acce
 leave-one-checkpoint-out refits), which matters for the nonlinear Chinchilla parameters. A resample that cannot
 identify the free parameters (too few distinct sizes, tokens or bit widths) is skipped and counted, never
 silently fitted; with fewer than p + 3 checkpoints no interval is given (NaN), see `FitResult.interval_ok`.
+
+Measured coverage (tests/fit/test_recovery.py; 1,500 seeded synthetic data sets per law, 5 sizes × 8 budgets,
+100 refits): the 95% intervals hold the true value in 92-94.5% of trials for every parameter of every law.
+A studentized bootstrap (bootstrap-t with the sandwich errors of `standard_errors`) reached 93.5-95.5% there,
+but on the shipped micro family (18 checkpoints a schedule, residuals that are not the law's noise) resamples
+with near-exact fits gave |t*| up to 1e14 and intervals like [−5.6e14, 1.3e14] for a D exponent, and NaN for
+Chinchilla's b; the percentile intervals stay finite and sensible there, so they are what qsens reports.
 Inputs are sorted canonically first, so a fit does not depend on the order of its rows.
 """
 
@@ -61,6 +68,7 @@ class FitResult:
     n_boot_failed: int = 0
     confidence: float = 0.95
     jackknife: np.ndarray | None = None  # shape (n_checkpoints, p): leave-one-checkpoint-out refits, for BCa
+    se: np.ndarray | None = None  # shape (p,): sandwich standard errors (standard_errors), 0 where held
 
     def percentiles(self) -> tuple[float, float]:
         """The bootstrap percentiles (in %) of this fit's intervals."""
@@ -77,7 +85,8 @@ class FitResult:
                 and self.n_boot_failed <= total / 2)
 
     def params(self) -> dict[str, dict]:
-        """{name: {value, ci_low, ci_high, fixed}} for fitted and derived parameters (expanded percentile CIs)."""
+        """{name: {value, se, ci_low, ci_high, fixed}} for fitted and derived parameters (expanded percentile CIs;
+        se, the sandwich standard error, for fitted parameters only)."""
         point = self.law.derived(self.theta)
         boot = [self.law.derived(t) for t in self.draws]
         out = {}
@@ -90,7 +99,9 @@ class FitResult:
                 lo, hi = np.percentile(values, bca_percentiles(self.percentiles(), values, value, jack))
             else:
                 lo, hi = np.nan, np.nan
-            out[name] = {"value": value, "ci_low": float(lo), "ci_high": float(hi),
+            j = self.law.params.index(name) if name in self.law.params else None
+            se = None if j is None or self.se is None else float(self.se[j])  # reported maps carry none
+            out[name] = {"value": value, "se": se, "ci_low": float(lo), "ci_high": float(hi),
                          "fixed": name in self.fixed}
         return out
 
@@ -129,6 +140,39 @@ def jackknife(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray) -
             return None
         out.append(fit_theta(law, rest, fixed, None if law.linear else start))
     return np.array(out)
+
+
+def standard_errors(law: Law, theta: np.ndarray, x: Points, fixed: dict[str, float],
+                    units: np.ndarray) -> np.ndarray:
+    """Cluster-robust (sandwich, CR1) standard errors of theta: shape (p,); 0 where held, NaN if singular.
+
+    units: shape (m,), the checkpoint of each point (the cluster). This is the M-estimator's sandwich for the
+    soft-L1 loss with a Gauss-Newton bread (Huber 1967); with residuals well below f_scale it is the textbook
+    least-squares CR1 estimator (Cameron & Miller 2015; tested against statsmodels). A symmetric summary beside
+    the bootstrap interval, e.g. for combining fits across families; the intervals do not use it (module doc)."""
+    free_idx = [i for i, p in enumerate(law.params) if p not in fixed]
+    out = np.zeros(len(law.params))
+    _, unit = np.unique(units, return_inverse=True)
+    n_units, m, k = unit.max() + 1, len(x), len(free_idx)
+    if n_units <= 1 or m <= k:
+        out[free_idx] = np.nan
+        return out
+    resid = law.log_predict(theta, x) - np.log(x.y)
+    jac = law.log_jacobian(theta, x)[:, free_idx]
+    # soft-L1 with z = (r / f_scale)²: the estimating equation is Σ ψ(r)·∂r/∂θ = 0 with ψ(r) = r·(1 + z)^(−1/2),
+    # so the scores carry ψ(r) and the bread ψ'(r) = (1 + z)^(−3/2). The IRLS weights (1 + z)^(−1/2) in the bread
+    # would understate the variance (se 15% low at residuals of half f_scale; test_fitting.py).
+    z = (resid / F_SCALE[law.target]) ** 2
+    try:
+        bread = np.linalg.inv(jac.T @ (((1 + z) ** -1.5)[:, None] * jac))
+    except np.linalg.LinAlgError:
+        out[free_idx] = np.nan
+        return out
+    scores = np.zeros((n_units, k))
+    np.add.at(scores, unit, (resid / np.sqrt(1 + z))[:, None] * jac)
+    cov = bread @ (scores.T @ scores) @ bread * (n_units / (n_units - 1)) * ((m - 1) / (m - k))
+    out[free_idx] = np.sqrt(np.clip(np.diag(cov), 0, None))
+    return out
 
 
 def canonical(x: Points) -> Points:
@@ -269,4 +313,5 @@ def fit_law(law: Law, x: Points, n_boot: int = 1000, seed: int = 0, loo: bool = 
     r2, resid = r_squared(law, theta, x)
     draws, failed = bootstrap(law, x, fixed, theta, n_boot, seed)
     return FitResult(law, theta, draws, fixed, r2, resid, x, loo_largest_d(law, x, fixed) if loo else [],
-                     failed, confidence, jackknife(law, x, fixed, theta) if n_boot else None)
+                     failed, confidence, jackknife(law, x, fixed, theta) if n_boot else None,
+                     standard_errors(law, theta, x, fixed, x.cluster))

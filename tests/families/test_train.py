@@ -1,8 +1,6 @@
 """The ladder trainer and the shipped micro family."""
 
-import json
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
