@@ -15,6 +15,7 @@ the 1.3 and 98.7 percentiles. Those percentiles are then bias-corrected and acce
 leave-one-checkpoint-out refits), which matters for the nonlinear Chinchilla parameters. A resample that cannot
 identify the free parameters (too few distinct sizes, tokens or bit widths) is skipped and counted, never
 silently fitted; with fewer than p + 3 checkpoints no interval is given (NaN), see `FitResult.interval_ok`.
+Inputs are sorted canonically first, so a fit does not depend on the order of its rows.
 
 Measured coverage (tests/fit/test_recovery.py; 1,500 seeded synthetic data sets per law, 5 sizes × 8 budgets,
 100 refits): the 95% intervals hold the true value in 92-94.5% of trials for every parameter of every law.
@@ -22,7 +23,6 @@ A studentized bootstrap (bootstrap-t with the sandwich errors of `standard_error
 but on the shipped micro family (18 checkpoints a schedule, residuals that are not the law's noise) resamples
 with near-exact fits gave |t*| up to 1e14 and intervals like [−5.6e14, 1.3e14] for a D exponent, and NaN for
 Chinchilla's b; the percentile intervals stay finite and sensible there, so they are what qsens reports.
-Inputs are sorted canonically first, so a fit does not depend on the order of its rows.
 """
 
 from __future__ import annotations

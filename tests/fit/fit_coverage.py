@@ -13,7 +13,7 @@ import numpy as np
 import fit_synthetic as S
 from qsens.fit.fitting import fit_law
 from qsens.fit.groups import delta_groups, to_points
-from qsens.fit.laws import CHINCHILLA, KUMAR, OUYANG, UNIFIED
+from qsens.fit.laws import CHINCHILLA, KUMAR, OUYANG, UNIFIED, Law, Points
 from qsens.fit.pipeline import compare_schedules, fit_group
 
 # name: (law, generator of the degradation data, true parameters, metric fitted, bit widths)
@@ -25,13 +25,20 @@ CASES = {
 }
 
 
-def law_trial(seed: int, name: str, n_boot: int) -> dict[str, bool]:
-    """Whether each fitted parameter's interval holds its true value, for the data set of this seed."""
+def case_points(name: str, seed: int, **noise) -> tuple[Law, dict[str, float], Points]:
+    """(law, its true parameters, the points it is fitted to) for one seeded data set of CASES[name]; noise:
+    make_cells' noise/fp_noise overrides."""
     law, generator, truth, metric, bits = CASES[name]
-    delta_truth = truth if law.target == "delta" else S.UNIFIED_TRUE
-    cells = S.make_cells(generator, delta_truth, seed=seed, bits=bits)
+    delta_truth = truth if law.target == "delta" else S.UNIFIED_TRUE  # the fp fit ignores the Δloss draws
+    cells = S.make_cells(generator, delta_truth, seed=seed, bits=bits, **noise)
     points, excluded, _ = to_points(cells, metric, with_bits=law.target == "delta")
     assert not excluded
+    return law, truth, points
+
+
+def law_trial(seed: int, name: str, n_boot: int) -> dict[str, bool]:
+    """Whether each fitted parameter's interval holds its true value, for the data set of this seed."""
+    law, truth, points = case_points(name, seed)
     params = fit_law(law, points, n_boot=n_boot, seed=seed, loo=False).params()
     return {p: bool(params[p]["ci_low"] <= truth[p] <= params[p]["ci_high"]) for p in law.params}
 

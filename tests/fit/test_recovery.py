@@ -16,10 +16,8 @@ import os
 import numpy as np
 import pytest
 
-from fit_coverage import CASES, coverage, law_trial, schedule_trial
-import fit_synthetic as S
+from fit_coverage import CASES, case_points, coverage, law_trial, schedule_trial
 from qsens.fit.fitting import fit_law
-from qsens.fit.groups import to_points
 
 BAR = 0.9
 FULL = os.environ.get("QSENS_HEAVY") == "full"
@@ -50,10 +48,7 @@ def test_schedule_difference_interval_holds_zero_when_the_exponents_agree():
 @pytest.mark.parametrize("name", list(CASES))
 def test_noiseless_data_give_the_exact_parameters(name):
     """Without noise the robust fit must land on the generating parameters (to optimiser tolerance)."""
-    law, generator, truth, metric, bits = CASES[name]
-    delta_truth = truth if law.target == "delta" else S.UNIFIED_TRUE
-    cells = S.make_cells(generator, delta_truth, seed=0, noise=0.0, fp_noise=0.0, bits=bits)
-    points, _, _ = to_points(cells, metric, with_bits=law.target == "delta")
+    law, truth, points = case_points(name, seed=0, noise=0.0, fp_noise=0.0)
     theta = fit_law(law, points, n_boot=0, loo=False).theta
     tol = 1e-6 if law.linear else 1e-3  # the nonlinear fit stops at least_squares' default tolerances
     np.testing.assert_allclose(theta, [truth[p] for p in law.params], rtol=tol, atol=tol)
