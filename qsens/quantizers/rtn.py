@@ -1,8 +1,10 @@
 """RTN: round-to-nearest weight-only fake quantization of every selected Linear layer.
 
 The arithmetic is `rtn_reference.py`'s; on CUDA the kernel in `cuda/` (via `rtn_kernel.py`) computes the
-same bits faster. `backend: auto` picks the kernel when the model is on a CUDA device and the kernel
-builds, else the reference; the backend that ran is recorded in the result.
+same bits faster. The fallback policy lives here and only here: `backend: auto` runs the kernel on every layer
+it can (CUDA device, kernel built, supported dtype) and the reference on the others; `backend: cuda` refuses to
+run unless the kernel can take every layer. The result records what actually ran: `cuda`, `torch`, or
+`cuda+torch (k of n layers on torch: why)`.
 """
 
 from __future__ import annotations
@@ -67,19 +69,44 @@ def resolve_backend(requested: str, device: torch.device) -> str:
     return "torch"
 
 
+def layer_backends(backend: str, requested: str, layers: list) -> list[tuple[str, str | None]]:
+    """Per layer: ('cuda', None) or ('torch', why the kernel cannot take it). Forced 'cuda' admits no 'torch'."""
+    if backend != "cuda":
+        return [("torch", None)] * len(layers)
+    from qsens.quantizers.rtn_kernel import kernel_unavailable_reason
+
+    plan = []
+    for name, module in layers:
+        reason = kernel_unavailable_reason(module.weight)
+        if reason is not None and requested == "cuda":
+            raise RuntimeError(f"RTN backend 'cuda' was forced but the kernel cannot take layer {name}: {reason}")
+        plan.append(("cuda", None) if reason is None else ("torch", reason))
+    return plan
+
+
+def describe_backends(plan: list[tuple[str, str | None]]) -> str:
+    """What ran, for the cell's `backend` column: 'cuda', 'torch' or 'cuda+torch (k of n layers on torch: why)'."""
+    on_torch = [reason for b, reason in plan if b == "torch"]
+    if not on_torch:
+        return "cuda"
+    if len(on_torch) == len(plan):
+        return "torch"
+    reasons = "; ".join(sorted({r for r in on_torch if r}))
+    return f"cuda+torch ({len(on_torch)} of {len(plan)} layers on torch: {reasons})"
+
+
 def quantize(ctx: QuantContext, settings: Settings) -> QuantResult:
     start = time.perf_counter()
-    backend = resolve_backend(settings.backend, ctx.device)
-    if backend == "cuda":
-        from qsens.quantizers.rtn_kernel import rtn_fake_quantize_kernel as fake_quantize
-    else:
-        fake_quantize = rtn_fake_quantize
     model, layers = working_copy(ctx.fp_model, settings.skip)
+    plan = layer_backends(resolve_backend(settings.backend, ctx.device), settings.backend, layers)
+    if any(b == "cuda" for b, _ in plan):
+        from qsens.quantizers.rtn_kernel import rtn_fake_quantize_kernel
     weight_bits = 0.0
     n_weights = 0
     with torch.no_grad():
-        for name, module in layers:
+        for (name, module), (backend, _) in zip(layers, plan):
             w = module.weight
+            fake_quantize = rtn_fake_quantize_kernel if backend == "cuda" else rtn_fake_quantize
             deq = fake_quantize(w.data, settings.bits, settings.group_size, settings.symmetric)
             if not torch.isfinite(deq).all():
                 raise FloatingPointError(f"RTN produced non-finite weights in {name} (non-finite input weights?)")
@@ -92,5 +119,5 @@ def quantize(ctx: QuantContext, settings: Settings) -> QuantResult:
         layers_quantized=[name for name, _ in layers],
         seconds=time.perf_counter() - start,
         peak_memory_bytes=peak_memory_bytes(ctx.device),
-        backend=backend,
+        backend=describe_backends(plan),
     )

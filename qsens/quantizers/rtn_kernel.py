@@ -4,8 +4,9 @@ Equivalent to `rtn_reference.py` (beside this file): same codes, same scales/zer
 bit-for-bit (NaN payloads aside) -- the per-element math is `cuda/rtn_math.cuh`, which the CPU tests
 compile with g++ and compare with the reference. Where the kernel cannot run (CPU tensor, no GPU, no nvcc,
 build failure, a dtype other than float32/float16/bfloat16) these functions warn once and run the
-reference instead; `kernel_status()` says why. `rtn.py` checks `kernel_status()` itself and refuses a forced
-`backend: cuda` that cannot run.
+reference instead; `kernel_status()` and `kernel_unavailable_reason(w)` say why. The quantizer (`rtn.py`) does
+not rely on that fallback: it asks `kernel_unavailable_reason` per layer, refuses a forced `backend: cuda` that
+cannot run on any layer, and records which layers ran which backend.
 
 The build is cached under `$XDG_CACHE_HOME/qsens/torch_extensions/rtn-<hash>` (hash of the sources, torch
 and CUDA versions), so only the first call on a machine compiles (about a minute).
@@ -98,6 +99,12 @@ def kernel_status() -> tuple[bool, str]:
     """(True, "ok") when the CUDA kernel is built and loadable here, else (False, the reason)."""
     module, reason = _load()
     return module is not None, reason
+
+
+def kernel_unavailable_reason(w: torch.Tensor) -> str | None:
+    """None when the kernel can quantize weight `w` here, else why it cannot (device, dtype or build)."""
+    module, reason = _kernel_for(w)
+    return None if module is not None else reason
 
 
 def _kernel_for(w: torch.Tensor) -> tuple[ModuleType | None, str]:

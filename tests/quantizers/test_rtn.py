@@ -119,3 +119,31 @@ def test_model_rtn_w4_sym_g32_agrees_with_float64(trained, fp_model, fp_loss):
         np.testing.assert_allclose(got[exact], deq[exact], rtol=1e-6, atol=1e-7)
     assert result.effective_bits == pytest.approx(4 + 16 / 32)
     assert heldout_loss(result.model, trained.heldout) > fp_loss  # a trained model loses something at 4 bits
+
+
+def test_fallback_policy_records_what_ran(trained, fp_model, monkeypatch):
+    """One policy (rtn.py): auto runs the kernel where it can and records the layers that ran the reference;
+    a forced 'cuda' refuses, naming the layer, instead of silently running the reference on it."""
+    from qsens.quantizers import rtn_kernel
+
+    # Pretend the model is on a CUDA device with a built kernel, and that the kernel refuses the MLP layers
+    # (as it would a dtype it does not support); the "kernel" itself is the reference here.
+    monkeypatch.setattr(rtn, "resolve_backend", lambda requested, device: "torch" if requested == "torch" else "cuda")
+    refused = lambda w: "dtype torch.float64 is not supported" if w.shape[0] != w.shape[1] else None
+    monkeypatch.setattr(rtn_kernel, "kernel_unavailable_reason", refused)
+    monkeypatch.setattr(rtn_kernel, "rtn_fake_quantize_kernel", rtn_fake_quantize)
+    ctx = trained.context(fp_model)
+
+    result = rtn.quantize(ctx, rtn.Settings(bits=4, group_size=32, backend="auto"))
+    modules = dict(fp_model.named_modules())
+    n_refused = sum(refused(modules[n].weight) is not None for n in result.layers_quantized)
+    assert 0 < n_refused < len(result.layers_quantized)
+    assert result.backend == (f"cuda+torch ({n_refused} of {len(result.layers_quantized)} layers on torch: "
+                              "dtype torch.float64 is not supported)")
+    reference = rtn.quantize(ctx, rtn.Settings(bits=4, group_size=32, backend="torch"))
+    assert reference.backend == "torch"
+    for name in result.layers_quantized:
+        assert torch.equal(result.model.get_submodule(name).weight, reference.model.get_submodule(name).weight)
+
+    with pytest.raises(RuntimeError, match=r"forced but the kernel cannot take layer .*mlp"):
+        rtn.quantize(ctx, rtn.Settings(bits=4, group_size=32, backend="cuda"))
