@@ -22,11 +22,3 @@ def method_module(method: str) -> ModuleType:
         raise KeyError(f"unknown quantization method {method!r}; known: {', '.join(sorted(REGISTRY))}")
     return importlib.import_module(REGISTRY[method])
 
-
-def available_methods() -> list[str]:
-    """Registered methods whose module exists in this install."""
-    out = []
-    for name, module in REGISTRY.items():
-        if importlib.util.find_spec(module) is not None:
-            out.append(name)
-    return out

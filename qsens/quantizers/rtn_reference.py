@@ -30,7 +30,7 @@ doing the same operations in the same order gets identical bits.
 
 Non-finite weights: a group containing NaN or +-Inf gets scale = NaN, zero = 0, all codes 0 and all
 dequantized values NaN, so a broken weight is never silently turned into a finite one. Callers that
-quantize models reject non-finite outputs (`fake_quantize_` raises).
+quantize models reject non-finite outputs (`rtn.quantize` raises).
 """
 
 from __future__ import annotations
