@@ -3,8 +3,11 @@
 Each row's `key` hashes the fit's inputs (law, grouping, metric, sorted cell keys and their values), so
 re-running `qsens fit` on the same cells replaces the row. A fit whose inputs changed (new or re-measured cells)
 gets a new key and *supersedes* the older row of the same (law, metric, group): that row is deleted, so the
-table holds the current fit of each group and never two. Structured columns are JSON. `fit_comparisons` holds
-the schedule comparisons of the last run, keyed by the two fits' keys.
+table holds the current fit of each group and never two. A group is identified by its fit group (`fit_group`,
+`family` lists the member families) and bits axis; rows an older qsens stored without them are dropped on the next
+save. `diagnostics` (JSON) and `verdict` ("fits", "does not fit", "degenerate", "insufficient") say whether the law
+fits (qsens.fit.diagnostics). Structured columns are JSON. `fit_comparisons` holds the schedule comparisons of the
+last run, keyed by the two fits' keys.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ FIT_COLUMNS = [
     ("loo", "TEXT"), ("n_points", "INTEGER"), ("n_excluded", "INTEGER"), ("excluded", "TEXT"),
     ("d_star", "TEXT"), ("fp_fit_key", "TEXT"), ("n_boot", "INTEGER"), ("n_boot_failed", "INTEGER"),
     ("seed", "INTEGER"), ("draws", "TEXT"), ("inputs", "TEXT"), ("created_at", "TEXT"),
+    ("fit_group", "TEXT"), ("bits_axis", "TEXT"), ("diagnostics", "TEXT"), ("verdict", "TEXT"),
 ]
 FIT_COLUMN_NAMES = [n for n, _ in FIT_COLUMNS]
-JSON_COLUMNS = {"params", "residuals", "loo", "excluded", "d_star", "draws", "inputs"}
+JSON_COLUMNS = {"params", "residuals", "loo", "excluded", "d_star", "draws", "inputs", "diagnostics"}
 IDENTITY = ("law", "metric") + GROUP_FIELDS
 
 
@@ -63,6 +67,7 @@ def save_fits(con: sqlite3.Connection, records: list[dict], comparisons: list[di
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with con:
         ensure_tables(con)
+        con.execute("DELETE FROM fits WHERE fit_group IS NULL")  # stored by an older qsens: not supersedable
         for record in records:
             row = _row(record, created_at)
             where = " AND ".join(f"{k} IS ?" for k in IDENTITY)
