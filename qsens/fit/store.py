@@ -77,6 +77,9 @@ def save_fits(con: sqlite3.Connection, records: list[dict], comparisons: list[di
         for c in comparisons:
             con.execute("INSERT OR REPLACE INTO fit_comparisons VALUES (?, ?, ?, ?, ?)",
                         (*c["fit_keys"], c["exponent"], json.dumps(c, sort_keys=True), created_at))
+        # comparisons of fits that were superseded compare nothing stored any more
+        con.execute("DELETE FROM fit_comparisons WHERE fit_a NOT IN (SELECT key FROM fits) "
+                    "OR fit_b NOT IN (SELECT key FROM fits)")
     return len(records)
 
 
@@ -86,6 +89,13 @@ def load_fits(con: sqlite3.Connection) -> list[dict]:
     rows = con.execute("SELECT * FROM fits ORDER BY law, family, schedule, eval, method, settings, bits").fetchall()
     return [{k: (json.loads(r[k]) if k in JSON_COLUMNS and r[k] is not None else r[k]) for k in r.keys()}
             for r in rows]
+
+
+def load_comparisons(con: sqlite3.Connection) -> list[dict]:
+    """The stored schedule comparisons (pipeline.compare_schedules records), in a stable order."""
+    ensure_tables(con)
+    rows = con.execute("SELECT body FROM fit_comparisons ORDER BY fit_a, fit_b, exponent").fetchall()
+    return [json.loads(r[0]) for r in rows]
 
 
 def load_cells(db_path: str | Path) -> list[dict]:
