@@ -121,7 +121,7 @@ def verdicts(fits: list[dict]) -> Claim:
         rows = [f for f in ok if f["law"] == law]
         if not rows:
             continue
-        counts = {v: sum(f["verdict"] == v for f in rows) for v in ("fits", "does not fit", "degenerate")}
+        counts = {v: sum(f["verdict"] == v for f in rows) for v in ("fits", "does not fit", "degenerate", "unchecked")}
         sds = sorted(f["diagnostics"]["residual_sd"] for f in rows if f["diagnostics"].get("residual_sd") is not None)
         loos = sorted(f["diagnostics"]["loo_rms"] for f in rows if f["diagnostics"].get("loo_rms") is not None)
         numbers[law] = counts
@@ -129,6 +129,7 @@ def verdicts(fits: list[dict]) -> Claim:
         parts.append(f"{law}: {counts['fits']} of {len(rows)} fit"
                      + (f", {counts['does not fit']} do not fit" if counts["does not fit"] else "")
                      + (f", {counts['degenerate']} degenerate" if counts["degenerate"] else "")
+                     + (f", {counts['unchecked']} too small to check" if counts["unchecked"] else "")
                      + f" (residual SD {span(sds)}, leave-largest-D-out RMS {span(loos)}, log units)")
     text = ("**Do the laws fit?** (residual SD ≤ 0.25, leave-largest-D-out RMS ≤ log 1.5, no significant bend of "
             "the residuals in D; `qsens/fit/diagnostics.py`) " + "; ".join(parts) + ".")

@@ -14,7 +14,8 @@ Every fit gets (`diagnose`):
                     overall and per size
     at_bounds       parameters that ended at a bound (fitting.param_bounds): the fit is then degenerate
 
-Verdict ("fits", "does not fit", "degenerate"), with the reasons, from thresholds fixed here:
+Verdict ("fits", "does not fit", "degenerate", or "unchecked" when the points are too few for a diagnostic),
+with the reasons, from thresholds fixed here:
 
     residual SD > MAX_RESIDUAL_SD (0.25: a typical point missed by more than 28%)
     LOO RMS > MAX_LOO_RMS (log 1.5: one budget ahead missed by more than 1.5x)
@@ -136,7 +137,13 @@ def verdict(diag: dict) -> tuple[str, list[str]]:
         reasons.append(f"residuals bend in D (p = {c['p_value']:.1e}, up to {c['effect']:.2f} log)")
     if diag["at_bounds"]:
         return "degenerate", reasons
-    return ("does not fit" if reasons else "fits"), reasons
+    if reasons:
+        return "does not fit", reasons
+    missing = [name for name, v in (("residual SD", diag["residual_sd"]), ("curvature test", c["p_value"]),
+                                     ("leave-largest-D-out error", diag["loo_rms"])) if v is None]
+    if missing:  # a law is not shown to fit by points too few to test it
+        return "unchecked", [f"too few points for the {', '.join(missing)}"]
+    return "fits", reasons
 
 
 def diagnose(result: FitResult) -> dict:
