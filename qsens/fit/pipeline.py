@@ -160,6 +160,7 @@ def fit_cells(cells: list[dict], metric: str = "delta_loss", n_boot: int = 1000,
                 if metric == "delta_loss" and fitted.result is not None and fp is not None and fp.result is not None:
                     fitted.record["d_star"] = d_star_table(fp.result, fitted.result, cs, axis)
                     fitted.record["fp_fit_key"] = fp.record["key"]
+                    fitted.record["fp_verdict"] = fp.record.get("verdict")  # D* is only as good as both fits
                 out.append(fitted)
     return out
 

@@ -110,12 +110,15 @@ def d_star_lines(records: list[dict]) -> str:
             low, high = e["d_star_ci_low"] / e["n_params"], e["d_star_ci_high"] / e["n_params"]
             cell = "none" if mark == "none" else f"{mark}{_num(ratio)} [{_num(low, 2)}, {_num(high, 2)}]"
             label = (_BITS.sub(lambda m: m.group(1) + "w*", _group(r), count=1) + " " + axis_label(r)).rstrip()
-            table.setdefault((r["law"], label, e["n_params"]), {})[e["bits"]] = cell
-    rows = [[law, label, str(n)] + [cells.get(b, "") for b in bit_widths] for (law, label, n), cells in table.items()]
+            verdicts = f"{r.get('verdict') or '?'} / {r.get('fp_verdict') or '?'}"
+            table.setdefault((r["law"], label, e["n_params"], verdicts), {})[e["bits"]] = cell
+    rows = [[law, label, str(n), v] + [cells.get(b, "") for b in bit_widths]
+            for (law, label, n, v), cells in table.items()]
     if not rows:
         return "D*: no degradation fit with a full-precision fit beside it."
-    head = ["law", "group", "N"] + [f"D*/N {b}-bit [95% CI]" for b in bit_widths]
-    return "U-curve bottom (D* / N; '>' = beyond the measured range)\n" + "\n".join(_table(head, rows))
+    head = ["law", "group", "N", "verdict Δ / fp"] + [f"D*/N {b}-bit [95% CI]" for b in bit_widths]
+    return ("U-curve bottom (D* / N; '>' = beyond the measured range; a D* from a fit that does not fit, or beside a "
+            "degenerate fp-loss fit, is not a prediction)\n" + "\n".join(_table(head, rows)))
 
 
 def comparison_lines(comparisons: list[dict]) -> str:

@@ -28,7 +28,7 @@ FIT_COLUMNS = [
     ("loo", "TEXT"), ("n_points", "INTEGER"), ("n_excluded", "INTEGER"), ("excluded", "TEXT"),
     ("d_star", "TEXT"), ("fp_fit_key", "TEXT"), ("n_boot", "INTEGER"), ("n_boot_failed", "INTEGER"),
     ("seed", "INTEGER"), ("draws", "TEXT"), ("inputs", "TEXT"), ("created_at", "TEXT"),
-    ("fit_group", "TEXT"), ("bits_axis", "TEXT"), ("diagnostics", "TEXT"), ("verdict", "TEXT"),
+    ("fit_group", "TEXT"), ("bits_axis", "TEXT"), ("diagnostics", "TEXT"), ("verdict", "TEXT"), ("fp_verdict", "TEXT"),
 ]
 FIT_COLUMN_NAMES = [n for n, _ in FIT_COLUMNS]
 JSON_COLUMNS = {"params", "residuals", "loo", "excluded", "d_star", "draws", "inputs", "diagnostics"}
