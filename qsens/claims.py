@@ -73,9 +73,10 @@ def growth(cells: list[dict]) -> Claim:
         no_evidence += first["delta_loss_ci_low"] <= 0 <= first["delta_loss_ci_high"]
         if first["delta_loss_ci_low"] > 0:
             ratios.append(last["delta_loss"] / first["delta_loss"])
-    ratio_text = (f"; where the smallest budget's interval excludes 0 ({len(ratios)} series) the ratio largest/smallest "
-                  f"is {min(ratios):,.0f}× to {max(ratios):,.0f}×" if ratios else "")
-    text = (f"**Low-bit Δloss grows with D/N at fixed N**: in {_every(disjoint, total, '(family, eval, size, 2/3/4-bit) series')} "
+    ratio_text = (f"; where the smallest budget's interval excludes 0 ({len(ratios)} series) the ratio "
+                  f"largest/smallest is {min(ratios):,.0f}× to {max(ratios):,.0f}×" if ratios else "")
+    series = _every(disjoint, total, "(family, eval, size, 2/3/4-bit) series")
+    text = (f"**Low-bit Δloss grows with D/N at fixed N**: in {series} "
             f"the largest budget's Δloss lies above the smallest budget's with disjoint intervals. At the smallest "
             f"budget Δloss is ≤ 0 in {nonpositive} of {total} series and its interval includes 0 in {no_evidence}, so "
             f"no growth factor exists there{ratio_text}.")
@@ -172,7 +173,8 @@ def gamma(fits: list[dict], ev: str) -> Claim:
         within = not math.isnan(g["ci_low"]) and g["ci_low"] <= OUYANG_GAMMA <= g["ci_high"]
         inside.append(within)
         parts.append(f"{f['schedule']}, P = {f.get('bits_axis') or 'nominal'} bits: γ = {_p(g)} "
-                     f"({f['n_points']} cells, {f['n_excluded']} excluded; verdict: {f.get('verdict') or 'none stored'})")
+                     f"({f['n_points']} cells, {f['n_excluded']} excluded; "
+                     f"verdict: {f.get('verdict') or 'none stored'})")
     text = (f"**Bit-width exponent** (unified law, `{ev}`): " + "; ".join(parts) + f". Ouyang et al.'s γ = "
             f"{OUYANG_GAMMA} lies inside {sum(inside)} of {len(inside)} of these intervals; γ depends on the P axis "
             f"and on which cells are excluded, and a law that does not fit gives no exponent to compare.")
@@ -182,7 +184,8 @@ def gamma(fits: list[dict], ev: str) -> Claim:
 def laws_table(fits: list[dict], ev: str) -> str:
     """Markdown: each law's D, N and bits exponents and verdict per schedule (nominal bits), beside the papers."""
     names = {"unified": ("beta", "alpha", "gamma"), "kumar": ("gamma_D", "gamma_N", "gamma_post")}
-    head = "| law | schedule | verdict | D exponent | N exponent | bits | resid SD | LOO rms |\n|---|---|---|---|---|---|---|---|"
+    head = ("| law | schedule | verdict | D exponent | N exponent | bits | resid SD | LOO rms |\n"
+            + "|---" * 8 + "|")
     rows = []
     for law, (d, n, b) in names.items():
         for f in sorted(_fit_rows(fits, law, ev), key=lambda f: f["schedule"] or ""):

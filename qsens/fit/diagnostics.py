@@ -10,8 +10,8 @@ Every fit gets (`diagnose`):
                     curvature| the regression puts on a point, in log units
     local_exponents per series, d log y / d log D between consecutive budgets of the data (the exponent per step,
                     one doubling of D in the shipped family); a law with a D exponent β has them all near β
-    loo_rms         RMS log error at the largest D of each size when that checkpoint is left out (fitting.loo_largest_d),
-                    overall and per size
+    loo_rms         RMS log error at the largest D of each size when that checkpoint is left out
+                    (fitting.loo_largest_d), overall and per size
     at_bounds       parameters that ended at a bound (fitting.param_bounds): the fit is then degenerate
 
 Verdict ("fits", "does not fit", "degenerate", or "unchecked" when the points are too few for a diagnostic),

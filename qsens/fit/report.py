@@ -63,7 +63,7 @@ def fits_table(records: list[dict]) -> str:
         bits = "all" if r.get("bits") is None else str(r["bits"])
         bits = f"{bits} {axis_label(r)}".strip()
         if r["status"] != "ok":
-            rows.append([r["law"], "insufficient", _group(r), bits, r.get("message") or r["status"], "", "", "", "", ""])
+            rows.append([r["law"], "insufficient", _group(r), bits, r.get("message") or r["status"]] + [""] * 5)
             continue
         exps = "  ".join(f"{n}={_param(r['params'][n])}" for n in names if n in r["params"])
         used = f"{r['n_points']} (-{r['n_excluded']})" if r.get("n_excluded") else str(r["n_points"])

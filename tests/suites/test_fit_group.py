@@ -59,7 +59,8 @@ def test_shipped_suites_group_sizes_and_keep_schedule_for_the_learning_rate():
     groups = {}
     for c in pythia.checkpoints:
         groups.setdefault(c.fit_group, set()).add(c.n_params)
-    assert set(groups) == {"pythia", "pythia-deduped"} and len(groups["pythia"]) == 6 and len(groups["pythia-deduped"]) == 5
+    assert set(groups) == {"pythia", "pythia-deduped"}
+    assert len(groups["pythia"]) == 6 and len(groups["pythia-deduped"]) == 5
     olmo = load_suite(SUITES / "olmo.yaml")
     micro = load_suite(SUITES / "micro.yaml")
     for suite in (pythia, olmo, micro):
