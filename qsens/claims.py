@@ -78,7 +78,8 @@ def growth(cells: list[dict]) -> Claim:
     series = _every(disjoint, total, "(family, eval, size, 2/3/4-bit) series")
     text = (f"**Low-bit Δloss grows with D/N at fixed N**: in {series} "
             f"the largest budget's Δloss lies above the smallest budget's with disjoint intervals. At the smallest "
-            f"budget Δloss is ≤ 0 in {nonpositive} of {total} series and its interval includes 0 in {no_evidence}, so "
+            f"budget Δloss is ≤ 0 in {nonpositive} of {total} series and its interval includes 0 in {no_evidence}, "
+            f"so "
             f"no growth factor exists there{ratio_text}.")
     return Claim("growth", text, disjoint <= total, {"disjoint": disjoint, "total": total,
                                                       "nonpositive": nonpositive, "no_evidence": no_evidence,
@@ -156,7 +157,8 @@ def schedules(comparisons: list[dict], fits: list[dict]) -> Claim:
     text = (f"**Cosine vs WSD** ({len(rows)} comparisons of the D exponent: per-bit Ouyang, unified and Kumar laws, "
             f"both evals; {'paired' if paired else 'independent'} bootstrap draws): the WSD exponent is smaller in "
             f"{smaller} of {len(rows)} and larger in {len(rows) - smaller}; {significant} of {len(rows)} differences "
-            f"have an interval excluding 0" + (f" (SD of the difference {min(sds):.2f}–{max(sds):.2f})" if sds else "")
+            f"have an interval excluding 0"
+            + (f" (SD of the difference {min(sds):.2f}–{max(sds):.2f})" if sds else "")
             + (f"; {misfit} of {len(rows)} compare fits that do not fit their data" if misfit else "") + ".")
     return Claim("schedules", text, True, {"n": len(rows), "wsd_smaller": smaller, "significant": significant,
                                            "misfit": misfit})

@@ -5,8 +5,8 @@ re-running `qsens fit` on the same cells replaces the row. A fit whose inputs ch
 gets a new key and *supersedes* the older row of the same (law, metric, group): that row is deleted, so the
 table holds the current fit of each group and never two. A group is identified by its fit group (`fit_group`,
 `family` lists the member families) and bits axis; rows an older qsens stored without them are dropped on the next
-save. `diagnostics` (JSON) and `verdict` ("fits", "does not fit", "degenerate", "unchecked", "insufficient") say whether the law
-fits (qsens.fit.diagnostics). Structured columns are JSON. `fit_comparisons` holds the schedule comparisons of the
+save. `diagnostics` (JSON) and `verdict` ("fits", "does not fit", "degenerate", "unchecked", "insufficient") say
+whether the law fits (qsens.fit.diagnostics); `fp_verdict` is the verdict of the fp-loss fit beside a D* table. Structured columns are JSON. `fit_comparisons` holds the schedule comparisons of the
 last run, keyed by the two fits' keys.
 """
 
