@@ -6,8 +6,9 @@ gets a new key and *supersedes* the older row of the same (law, metric, group): 
 table holds the current fit of each group and never two. A group is identified by its fit group (`fit_group`,
 `family` lists the member families) and bits axis; rows an older qsens stored without them are dropped on the next
 save. `diagnostics` (JSON) and `verdict` ("fits", "does not fit", "degenerate", "unchecked", "insufficient") say
-whether the law fits (qsens.fit.diagnostics); `fp_verdict` is the verdict of the fp-loss fit beside a D* table. Structured columns are JSON. `fit_comparisons` holds the schedule comparisons of the
-last run, keyed by the two fits' keys.
+whether the law fits (qsens.fit.diagnostics); `fp_verdict` is the verdict of the fp-loss fit beside a D* table.
+Structured columns are JSON. `fit_comparisons` holds the schedule comparisons of the last run, keyed by the two
+fits' keys (comparisons of superseded fits are dropped).
 """
 
 from __future__ import annotations
