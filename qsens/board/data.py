@@ -140,7 +140,19 @@ def normalize_fit(row: dict) -> dict:
         "n_points": _int(_first(row, "n_points", "n", "points")),
         "d_star": _first(row, "d_star", "d_star_json", "dstar", "d_star_predictions"),
         "created_at": row.get("created_at"), "raw": row,
+        # qsens.fit's verdict and diagnostics (None for fits stored without them); family may list several
+        "families": [f for f in str(family or "").split(",") if f], "bits_axis": row.get("bits_axis"),
+        "verdict": row.get("verdict"), "diagnostics": _diagnostics(row.get("diagnostics")),
     }
+
+
+def _diagnostics(raw) -> dict | None:
+    """The few diagnostics the board shows: residual SD, curvature p-value, LOO RMS (log units), reasons."""
+    if not isinstance(raw, dict):
+        return None
+    curvature = raw.get("curvature") if isinstance(raw.get("curvature"), dict) else {}
+    return {"residual_sd": _finite(raw.get("residual_sd")), "curvature_p": _finite(curvature.get("p_value")),
+            "loo_rms": _finite(raw.get("loo_rms")), "reasons": [str(r) for r in raw.get("reasons") or []]}
 
 
 def _int(x) -> int | None:

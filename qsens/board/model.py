@@ -52,11 +52,13 @@ def match_fit(fits: list[dict], row: dict) -> dict | None:
     then the newest. A fit column left empty (None) matches any value."""
     def fits_row(f):
         same = all(f.get(k) in (None, row.get(k)) for k in ("schedule", "eval", "method", "quantizer", "group_size"))
-        return f.get("family") == row["family"] and same and (f["pooled"] or f.get("bits") == row.get("bits"))
+        members = f.get("families") or [f.get("family")]
+        return row["family"] in members and same and (f["pooled"] or f.get("bits") == row.get("bits"))
 
-    def specificity(f):
+    def specificity(f):  # nominal bits before effective bits: the table's bits column is nominal
         named = sum(f.get(k) is not None for k in ("schedule", "eval", "quantizer", "group_size"))
-        return (not f["pooled"], named, str(f.get("created_at") or ""), f.get("r2") or -1)
+        return (not f["pooled"], named, f.get("bits_axis") != "effective", str(f.get("created_at") or ""),
+                f.get("r2") or -1)
 
     return max((f for f in fits if fits_row(f)), key=specificity, default=None)
 
@@ -96,6 +98,7 @@ def leaderboard_rows(cells: list[dict], fits: list[dict], changes: dict) -> list
         fit = match_fit(fits, row)
         row.update({"fit_key": fit and fit["key"], "fit_law": fit and fit["law"], "fit_r2": fit and fit["r2"],
                     "fit_pooled": fit and fit["pooled"], "fit_exponents": fit["exponents"] if fit else [],
+                    "fit_verdict": fit and fit.get("verdict"),
                     "family_page": family_page(row["family"]), "change": _row_change(head, changes)})
         row["id"] = slug(*key)
         rows.append(row)
@@ -151,7 +154,7 @@ def family_model(name, cells: list[dict], fits: list[dict], changes: dict, plots
     return {"name": name, "page": family_page(name), "cells": views,
             "failed": [v for v in views if v.get("status") == "failed"],
             "running": [v for v in views if v.get("status") == "running"],
-            "fits": [f for f in fits if f.get("family") == name], "plots": plots,
+            "fits": [f for f in fits if name in (f.get("families") or [f.get("family")])], "plots": plots,
             "provenance": _provenance_summary(cells), "first_date": dates[0] if dates else None,
             "last_date": dates[-1] if dates else None,
             "checkpoints": sorted({(c.get("n_params") or 0, c.get("tokens") or 0, str(c.get("checkpoint")))

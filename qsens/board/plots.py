@@ -117,8 +117,9 @@ def _draw_fit(ax, fits: list[dict], cell: dict, n, x: np.ndarray, color: str) ->
         ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0)
     r2 = f", R² = {num(fit['r2'], 3)}" if fit.get("r2") is not None else ""
     band = "band: parameter-CI envelope" if lo is not None else "no band (no parameter CIs)"
+    verdict = f"; verdict: {fit['verdict']}" if fit.get("verdict") else ""
     return [f"{_series_text(cell.get('schedule'), n)}: fit {fit['law']}{' (pooled over bits)' if fit['pooled'] else ''}"
-            f"{r2}; {band}"]
+            f"{r2}{verdict}; {band}"]
 
 
 def _d_star(fit: dict | None, n) -> float | None:

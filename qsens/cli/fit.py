@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--law", action="append", choices=LAW_CHOICES,
                         help="degradation law(s) to fit, repeatable (default: all)")
+    parser.add_argument("--bits-axis", choices=("both", "nominal", "effective"), default="both",
+                        help="P of the pooled laws: nominal bits, effective bits per weight (scales and zeros "
+                        "included, the cells' effective_bits), or both (default)")
     parser.add_argument("--no-store", action="store_true", help="print only; leave the fits table as it is")
 
 
@@ -42,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     laws = tuple(LAWS[name] for name in (args.law or LAW_CHOICES))
-    fitted = fit_cells(cells, metric=args.metric, n_boot=args.bootstrap, seed=args.seed, laws=laws)
+    axes = ("nominal", "effective") if args.bits_axis == "both" else (args.bits_axis,)
+    fitted = fit_cells(cells, metric=args.metric, n_boot=args.bootstrap, seed=args.seed, laws=laws, bits_axes=axes)
     comparisons = compare_schedules(fitted)
     records = [f.record for f in fitted]
     if not args.no_store:

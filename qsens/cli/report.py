@@ -1,4 +1,4 @@
-"""`qsens report`: the overtraining effect as Markdown tables, from a results folder."""
+"""`qsens report`: the overtraining effect as Markdown tables, the fits' verdicts, and the README's claims."""
 
 from __future__ import annotations
 
@@ -6,11 +6,30 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "print Markdown tables of Δloss vs D/N per family, size and quantizer"
+HELP = "print Markdown tables of Δloss vs D/N per family, size and quantizer, with the fits' verdicts"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True, help="results folder (holds qsens.sqlite)")
+    parser.add_argument("--claims", action="store_true",
+                        help="print the findings block the README holds (qsens.claims) instead of the tables")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="with --claims: rewrite the block between the claims markers of this README")
+    parser.add_argument("--eval", default="heldout-novels", help="with --claims: the eval the findings are about")
+
+
+def _fit_section(results: str) -> str:
+    from qsens.fit import report, store
+
+    con = store.connect(Path(results) / store.DB_NAME)
+    try:
+        fits = store.load_fits(con)
+    finally:
+        con.close()
+    if not fits:
+        return "No fits stored (run `qsens fit`)."
+    return "#### Fits (verdict and diagnostics; `qsens fit` for D* and schedules)\n\n```\n" + \
+        report.fits_table(fits) + "\n\n" + report.verdict_lines(fits) + "\n```"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -21,5 +40,23 @@ def main(args: argparse.Namespace) -> int:
     if not (Path(args.results) / DB_NAME).is_file():
         print(f"qsens report: no {DB_NAME} in {args.results}", file=sys.stderr)
         return 2
+    if args.claims:
+        from qsens.claims import claims_markdown, replace_block
+
+        block = claims_markdown(args.results, args.eval)
+        if args.readme is None:
+            print(block, end="")
+            return 0
+        try:
+            args.readme.write_text(replace_block(args.readme.read_text(), block))
+        except (OSError, ValueError) as exc:
+            print(f"qsens report: {args.readme}: {exc}", file=sys.stderr)
+            return 2
+        print(f"rewrote the claims block of {args.readme}")
+        return 0
+    if args.readme is not None:
+        print("qsens report: --readme needs --claims", file=sys.stderr)
+        return 2
     print(effect_markdown(ResultStore(args.results).cells()))
+    print(_fit_section(args.results))
     return 0

@@ -61,6 +61,7 @@ def run_suite(suite: Suite, results_dir: str | Path, executor: str = "local", pr
     write_resolved_suite(suite, store.dir)
     cells = plan_cells(suite)
     done = store.done_keys()
+    store.set_fit_groups({c.key: c.checkpoint.fit_group for c in cells if c.key in done})
     todo = [c for c in cells if c.key not in done]
     summary = RunSummary(planned=len(cells), skipped=len(cells) - len(todo))
     if executor == "local":

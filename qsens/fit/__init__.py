@@ -1,9 +1,10 @@
 """Scaling-law fits of quantization degradation against pretraining tokens D and parameters N.
 
     laws.py      the law forms (Ouyang per-bit and unified, Kumar δ_PTQ, Chinchilla fp loss) and closed-form D*
-    fitting.py   robust log-space least squares, bootstrap over checkpoints, leave-one-out on the largest D
-    groups.py    which cells are fitted together; exclusion of non-positive values
-    pipeline.py  every law on every group, D* per (N, bits), schedule comparison
+    fitting.py   robust log-space least squares, paired bootstrap over (N, D) units, leave-one-out on the largest D
+    groups.py    which cells are fitted together (fit groups, bits axes); exclusion by evidence
+    diagnostics.py  does the law fit: residual SD, curvature in D, local exponents, LOO error; the verdict
+    pipeline.py  every law on every group, D* per (N, bits), paired schedule comparison
     store.py     the `fits` table beside the cells
     report.py    the text summary `qsens fit` prints
 

@@ -23,6 +23,20 @@ A studentized bootstrap (bootstrap-t with the sandwich errors of `standard_error
 but on the shipped micro family (18 checkpoints a schedule, residuals that are not the law's noise) resamples
 with near-exact fits gave |t*| up to 1e14 and intervals like [−5.6e14, 1.3e14] for a D exponent, and NaN for
 Chinchilla's b; the percentile intervals stay finite and sensible there, so they are what qsens reports.
+
+Paired draws: a bootstrap draws units from a *universe* (by default the fit's own units; the pipeline passes every
+unit of the fit group and eval, see groups.py), and draw i of every fit that shares the universe and the seed picks
+the same units. A unit a fit excluded (e.g. an 8-bit cell whose interval includes 0) contributes nothing to that fit
+when picked, so the pairing survives exclusion. Draws that cannot identify the fit are skipped; `draw_ids` says
+which draw each kept refit is, and paired statistics intersect them.
+
+Bounds of the nonlinear Chinchilla form (`param_bounds`): the exponents a, b in [0, 2] (published values lie in
+0.07-0.8: Kaplan et al. 2020, Hoffmann et al. 2022, Besiroglu et al. 2024), and the irreducible loss E between an
+entropy floor and the smallest loss observed. The floor is ENTROPY_FLOOR_BITS_PER_BYTE bits per byte of the scored
+text (converted with its measured bytes per token), below every estimate of the entropy of English (Shannon 1951:
+0.6-1.3 bits/character) and below the lowest bits/byte any language model reaches on English benchmark text
+(~0.3 on WikiText); without byte counts it is 1e-3 nats/token. A fit whose parameter ends at a bound is not a fit
+of the law but of its boundary: diagnostics report it as degenerate.
 """
 
 from __future__ import annotations
@@ -37,6 +51,9 @@ from scipy.optimize import least_squares
 from qsens.fit.laws import Law, Points, design, fixed_params
 
 F_SCALE = {"delta": 0.1, "fp": 0.02}  # soft-L1 knee in log units: ~10% on Δloss, ~2% on the fp loss
+ENTROPY_FLOOR_BITS_PER_BYTE = 0.2  # lower bound of the irreducible loss E (module doc)
+E_FLOOR_WITHOUT_BYTES = 1e-3  # nats/token, when the cells carry no byte counts
+EXPONENT_RANGE = (0.0, 2.0)  # Chinchilla's a and b (module doc)
 
 
 def interval_percentiles(confidence: float, n_units: int, n_free: int) -> tuple[float, float]:
@@ -69,6 +86,18 @@ class FitResult:
     confidence: float = 0.95
     jackknife: np.ndarray | None = None  # shape (n_checkpoints, p): leave-one-checkpoint-out refits, for BCa
     se: np.ndarray | None = None  # shape (p,): sandwich standard errors (standard_errors), 0 where held
+    draw_ids: np.ndarray | None = None  # shape (n_ok,): which bootstrap draw each row of draws is
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # free parameters' bounds, if any
+
+    def at_bounds(self) -> list[str]:
+        """Free parameters that ended at (within 1e-4 of the width of) one of their finite bounds."""
+        out = []
+        for name, (lo, hi) in self.bounds.items():
+            v = self.theta[self.law.params.index(name)]
+            tol = 1e-4 * (hi - lo if np.isfinite(hi - lo) else max(1.0, abs(v)))
+            if (np.isfinite(lo) and v <= lo + tol) or (np.isfinite(hi) and v >= hi - tol):
+                out.append(name)
+        return out
 
     def percentiles(self) -> tuple[float, float]:
         """The bootstrap percentiles (in %) of this fit's intervals."""
@@ -128,7 +157,8 @@ def bca_percentiles(percentiles: tuple[float, float], draws: np.ndarray, estimat
     return tuple(float(v) for v in 100 * np.clip(adjusted, 0, 1))
 
 
-def jackknife(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray) -> np.ndarray | None:
+def jackknife(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray,
+              e_floor: float | None = None) -> np.ndarray | None:
     """Leave-one-checkpoint-out refits: shape (n_checkpoints, p); None if any refit is not identifiable."""
     start = [np.array([v for p, v in zip(law.params, theta) if p not in fixed])]
     out = []
@@ -138,7 +168,7 @@ def jackknife(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray) -
             check_identifiable(law, rest, fixed)
         except FitError:
             return None
-        out.append(fit_theta(law, rest, fixed, None if law.linear else start))
+        out.append(fit_theta(law, rest, fixed, None if law.linear else start, e_floor))
     return np.array(out)
 
 
@@ -213,7 +243,7 @@ def _starts(law: Law, x: Points, fixed: dict[str, float]) -> list[np.ndarray]:
     y_min, y_mean = float(x.y.min()), float(x.y.mean())
     starts = []
     for e_frac, a, b in itertools.product((0.5, 0.9), (0.3, 0.7), (0.3, 0.7)):
-        e = e_frac * y_min
+        e = e_frac * y_min  # clipped into the bounds by fit_theta
         a = fixed.get("a", a)
         log_a = np.log((y_mean - e) / 2) + a * np.median(np.log(x.n))
         log_b = np.log((y_mean - e) / 2) + b * np.median(np.log(x.d))
@@ -222,12 +252,27 @@ def _starts(law: Law, x: Points, fixed: dict[str, float]) -> list[np.ndarray]:
     return starts
 
 
-def fit_theta(law: Law, x: Points, fixed: dict[str, float], starts: list[np.ndarray] | None = None) -> np.ndarray:
+def param_bounds(law: Law, x: Points, fixed: dict[str, float], e_floor: float | None = None
+                 ) -> dict[str, tuple[float, float]]:
+    """{free parameter: (low, high)} of the Chinchilla form (module doc); {} for the log-linear laws.
+    e_floor: the entropy floor of E in nats/token (None: E_FLOOR_WITHOUT_BYTES)."""
+    if law.linear:
+        return {}
+    floor = e_floor if e_floor and e_floor > 0 else E_FLOOR_WITHOUT_BYTES
+    ceiling = max(float(x.y.min()), floor * (1 + 1e-6))
+    out = {"log_E": (float(np.log(floor)), float(np.log(ceiling))), "a": EXPONENT_RANGE, "b": EXPONENT_RANGE,
+           "log_A": (-np.inf, np.inf), "log_B": (-np.inf, np.inf)}
+    return {p: out[p] for p in law.params if p not in fixed}
+
+
+def fit_theta(law: Law, x: Points, fixed: dict[str, float], starts: list[np.ndarray] | None = None,
+              e_floor: float | None = None) -> np.ndarray:
     """Robust least squares on log y; returns theta of shape (len(law.params),)."""
     log_y = np.log(x.y)
     free_names = [p for p in law.params if p not in fixed]
-    bounds = ([0.0 if p in ("a", "b") else -np.inf for p in free_names],
-              [5.0 if p in ("a", "b") else np.inf for p in free_names])
+    box = param_bounds(law, x, fixed, e_floor)
+    bounds = ([box.get(p, (-np.inf, np.inf))[0] for p in free_names],
+              [box.get(p, (-np.inf, np.inf))[1] for p in free_names])
 
     free_idx = [law.params.index(p) for p in free_names]
 
@@ -255,29 +300,31 @@ def r_squared(law: Law, theta: np.ndarray, x: Points) -> tuple[float, np.ndarray
 
 
 def bootstrap(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray, n_boot: int,
-              seed: int) -> tuple[np.ndarray, int]:
-    """Refits on checkpoints resampled with replacement: (draws of shape (n_ok, p), number skipped).
+              seed: int, universe: np.ndarray | None = None, e_floor: float | None = None
+              ) -> tuple[np.ndarray, int, np.ndarray]:
+    """Refits on units resampled with replacement: (draws of shape (n_ok, p), number skipped, draw ids (n_ok,)).
 
-    Resample b draws from the sorted checkpoint list with `default_rng(seed)`, so two fits over the same
-    checkpoints (e.g. the fp-loss fit and a Δloss fit) see the same resamples: their draws pair up for D*."""
-    clusters = np.unique(x.cluster)
-    members = [np.flatnonzero(x.cluster == c) for c in clusters]
+    Draw b picks len(universe) units from the sorted universe (default: x's own units) with `default_rng(seed)`;
+    every fit with the same universe and seed sees the same picks (module doc: paired draws)."""
+    universe = np.unique(x.cluster) if universe is None else np.asarray(universe)
+    members = [np.flatnonzero(x.cluster == c) for c in universe]
     rng = np.random.default_rng(seed)
     free_start = [np.array([v for p, v in zip(law.params, theta) if p not in fixed])]
-    draws, failed = [], 0
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(clusters), len(clusters))
-        sample = x.take(np.concatenate([members[i] for i in pick]))
+    draws, ids, failed = [], [], 0
+    for b in range(n_boot):
+        pick = rng.integers(0, len(universe), len(universe))
+        sample = x.take(np.concatenate([members[i] for i in pick] + [np.array([], dtype=int)]))
         try:
             check_identifiable(law, sample, fixed)
             starts = free_start if not law.linear else None
-            draws.append(fit_theta(law, sample, fixed, starts))
+            draws.append(fit_theta(law, sample, fixed, starts, e_floor))
+            ids.append(b)
         except (FitError, ValueError, np.linalg.LinAlgError):
             failed += 1
-    return np.array(draws).reshape(-1, len(law.params)), failed
+    return np.array(draws).reshape(-1, len(law.params)), failed, np.array(ids, dtype=int)
 
 
-def loo_largest_d(law: Law, x: Points, fixed: dict[str, float]) -> list[dict]:
+def loo_largest_d(law: Law, x: Points, fixed: dict[str, float], e_floor: float | None = None) -> list[dict]:
     """For each size N, refit without its largest-D checkpoint and predict that checkpoint's points.
 
     One dict per held-out point: n_params, tokens, bits, observed, predicted, log_error (log obs − log pred);
@@ -289,7 +336,7 @@ def loo_largest_d(law: Law, x: Points, fixed: dict[str, float]) -> list[dict]:
         rest = x.take(np.flatnonzero(~held))
         try:
             check_identifiable(law, rest, fixed)
-            pred = np.exp(law.log_predict(fit_theta(law, rest, fixed), x.take(np.flatnonzero(held))))
+            pred = np.exp(law.log_predict(fit_theta(law, rest, fixed, None, e_floor), x.take(np.flatnonzero(held))))
             note = None
         except FitError as exc:
             pred, note = [None] * int(held.sum()), str(exc)
@@ -302,16 +349,17 @@ def loo_largest_d(law: Law, x: Points, fixed: dict[str, float]) -> list[dict]:
 
 
 def fit_law(law: Law, x: Points, n_boot: int = 1000, seed: int = 0, loo: bool = True,
-            confidence: float = 0.95) -> FitResult:
-    """Fit law to x (y > 0) with bootstrap CIs and LOO errors. Raises FitError when x is too small."""
+            confidence: float = 0.95, universe: np.ndarray | None = None, e_floor: float | None = None) -> FitResult:
+    """Fit law to x (y > 0) with bootstrap CIs and LOO errors. Raises FitError when x is too small.
+    universe: the bootstrap units to draw from (module doc); e_floor: Chinchilla's entropy floor (param_bounds)."""
     if np.any(~np.isfinite(x.y)) or np.any(x.y <= 0):
         raise ValueError("fit_law needs finite, positive y; exclude the other points first")
     x = canonical(x)
     fixed = fixed_params(law, x)
     check_identifiable(law, x, fixed)
-    theta = fit_theta(law, x, fixed)
+    theta = fit_theta(law, x, fixed, None, e_floor)
     r2, resid = r_squared(law, theta, x)
-    draws, failed = bootstrap(law, x, fixed, theta, n_boot, seed)
-    return FitResult(law, theta, draws, fixed, r2, resid, x, loo_largest_d(law, x, fixed) if loo else [],
-                     failed, confidence, jackknife(law, x, fixed, theta) if n_boot else None,
-                     standard_errors(law, theta, x, fixed, x.cluster))
+    draws, failed, ids = bootstrap(law, x, fixed, theta, n_boot, seed, universe, e_floor)
+    return FitResult(law, theta, draws, fixed, r2, resid, x, loo_largest_d(law, x, fixed, e_floor) if loo else [],
+                     failed, confidence, jackknife(law, x, fixed, theta, e_floor) if n_boot else None,
+                     standard_errors(law, theta, x, fixed, x.cluster), ids, param_bounds(law, x, fixed, e_floor))

@@ -1,13 +1,26 @@
 """From stored cells to fit inputs: which cells are fitted together, and which points are excluded.
 
-A degradation fit pools the cells of one (family, schedule, eval, method, quantizer settings other than bits);
-the per-bit Ouyang form splits that group by bits as well. The full-precision fit pools one (family, schedule,
-eval), one point per checkpoint.
+A degradation fit pools the cells of one (fit group, schedule, eval, method, quantizer settings other than bits,
+bits axis); the per-bit Ouyang form splits that group by bits as well. The full-precision fit pools one (fit group,
+schedule, eval), one point per checkpoint. The fit group is the suite's `fit_group` of a family (cell column
+`fit_group`), by default the family itself: several families (e.g. the Pythia sizes) in one fit group make one fit
+across their sizes, and two families of one fit group under different learning-rate schedules are the families
+declared comparable (their schedule comparison is paired, see pipeline.compare_schedules).
 
-Non-positive values: a log-space fit cannot use Δloss ≤ 0 (near-lossless cells: 8-bit, early checkpoints, where
-the measured difference is noise around zero). Such points, and non-finite ones, are *excluded*, and every
-excluded point is recorded (checkpoint, bits, value, reason) with the fit. No floor is substituted: a floor
-would set the fitted exponent as much as the data do.
+Bootstrap unit: a point's `cluster` is its fit group and (N, D): the checkpoint, and, across schedules of one fit
+group (same sizes, budgets and data order), the checkpoint's twin. All fits of one (fit group, eval) resample the
+same units in the same draws, so draws pair up across schedules and between the fp-loss and Δloss fits (D*).
+
+Exclusion by evidence, not sign: a cell whose Δloss interval includes 0 (`<metric>_ci_low` ≤ 0 ≤ `_ci_high`:
+8-bit, early checkpoints, where the measured difference is noise around zero) carries no evidence of
+degradation and is *excluded*, whatever its sign, so noise cannot set an exponent; so is a non-positive or
+non-finite value (a log-space fit cannot use it; cells without an interval are judged by sign alone). Every
+excluded point is recorded (checkpoint, bits, value, reason) and counted with the fit. No floor is substituted:
+a floor would set the fitted exponent as much as the data do.
+
+Bits axis: P is the nominal bit width ("nominal") or the effective bits per weight, scales and zeros included
+(`effective_bits`, "effective"; RTN 2-bit in groups of 8 with an fp16 scale and zero stores 4.25). Both are
+fitted; every output names its axis.
 """
 
 from __future__ import annotations
@@ -21,7 +34,8 @@ import numpy as np
 
 from qsens.fit.laws import Points
 
-GROUP_FIELDS = ("family", "schedule", "eval", "method", "group_size", "settings", "bits")
+GROUP_FIELDS = ("fit_group", "schedule", "eval", "method", "group_size", "settings", "bits", "bits_axis")
+BITS_AXES = ("nominal", "effective")
 _BITS_TOKEN = re.compile(r"(^|-)w?\d+(bit)?(?=-|$)")
 
 
@@ -29,13 +43,14 @@ _BITS_TOKEN = re.compile(r"(^|-)w?\d+(bit)?(?=-|$)")
 class GroupKey:
     """What a fit pools over. bits is None for fits pooled across bit widths; method/settings None for fp fits."""
 
-    family: str
+    fit_group: str
     schedule: str | None
     eval: str
     method: str | None = None
     group_size: int | None = None
     settings: str | None = None
     bits: int | None = None
+    bits_axis: str | None = None  # "nominal" or "effective" for degradation fits; None for fp fits
 
     def as_dict(self) -> dict:
         return {f: getattr(self, f) for f in GROUP_FIELDS}
@@ -59,14 +74,36 @@ def checkpoint_id(cell: dict) -> str:
     return f"{cell.get('family')}/{cell.get('checkpoint')}"
 
 
-def delta_groups(cells: list[dict], per_bits: bool) -> dict[GroupKey, list[dict]]:
-    """Cells grouped for a degradation fit (ok cells with N, D and bits)."""
+def fit_group_of(cell: dict) -> str:
+    """The cell's fit group: its `fit_group` column, else its family."""
+    return str(cell.get("fit_group") or cell.get("family"))
+
+
+def unit_id(cell: dict) -> str:
+    """The bootstrap unit of a cell (module doc): fit group and (N, D)."""
+    return f"{fit_group_of(cell)}/{int(cell['n_params'])}/{int(cell['tokens'])}"
+
+
+def units(cells: list[dict]) -> np.ndarray:
+    """Sorted unique bootstrap units of the cells: shape (u,), the universe a bootstrap draws from."""
+    return np.unique(np.array([unit_id(c) for c in cells if c.get("n_params") and c.get("tokens")], dtype=str))
+
+
+def family_label(cells: list[dict]) -> str:
+    """The member families of a group, comma-joined (sorted)."""
+    return ",".join(sorted({str(c.get("family")) for c in cells}))
+
+
+def delta_groups(cells: list[dict], per_bits: bool, bits_axis: str = "nominal") -> dict[GroupKey, list[dict]]:
+    """Cells grouped for a degradation fit (ok cells with N, D and bits; effective_bits too on that axis)."""
     out: dict[GroupKey, list[dict]] = {}
     for c in cells:
         if c.get("status", "ok") != "ok" or not c.get("n_params") or not c.get("tokens") or c.get("bits") is None:
             continue
-        key = GroupKey(c["family"], c.get("schedule"), c["eval"], c.get("method"), c.get("group_size"),
-                       settings_without_bits(c), int(c["bits"]) if per_bits else None)
+        if bits_axis == "effective" and not c.get("effective_bits"):
+            continue
+        key = GroupKey(fit_group_of(c), c.get("schedule"), c["eval"], c.get("method"), c.get("group_size"),
+                       settings_without_bits(c), int(c["bits"]) if per_bits else None, bits_axis)
         out.setdefault(key, []).append(c)
     return dict(sorted(out.items(), key=lambda kv: kv[0].sort_key()))
 
@@ -77,15 +114,34 @@ def fp_groups(cells: list[dict]) -> dict[GroupKey, list[dict]]:
     for c in sorted(cells, key=lambda c: str(c.get("key"))):
         if c.get("status", "ok") != "ok" or not c.get("n_params") or not c.get("tokens"):
             continue
-        per_ckpt = out.setdefault(GroupKey(c["family"], c.get("schedule"), c["eval"]), {})
+        per_ckpt = out.setdefault(GroupKey(fit_group_of(c), c.get("schedule"), c["eval"]), {})
         per_ckpt.setdefault(checkpoint_id(c), c)
     return {k: list(v.values()) for k, v in sorted(out.items(), key=lambda kv: kv[0].sort_key())}
 
 
-def to_points(cells: list[dict], metric: str, with_bits: bool = True
-              ) -> tuple[Points, list[dict], list[tuple[str, float]]]:
+NO_EVIDENCE = "interval includes 0 (no evidence of degradation)"
+
+
+def exclusion_reason(cell: dict, metric: str) -> str | None:
+    """Why a cell cannot be a point of a log-space fit of `metric` (module doc), or None if it can."""
+    value = cell.get(metric)
+    value = float("nan") if value is None else float(value)
+    if not math.isfinite(value):
+        return "not finite"
+    low, high = cell.get(f"{metric}_ci_low"), cell.get(f"{metric}_ci_high")
+    if low is not None and high is not None and float(low) <= 0 <= float(high):
+        return NO_EVIDENCE
+    if value <= 0:
+        return "non-positive (log-space fit)"
+    return None
+
+
+def to_points(cells: list[dict], metric: str, with_bits: bool = True, bits_axis: str = "nominal",
+              exclude_no_evidence: bool = True) -> tuple[Points, list[dict], list[tuple[str, float]]]:
     """(points with finite positive metric, excluded points, (cell key, value) inputs for the fit key).
-    with_bits=False leaves P as NaN (the fp-loss fit does not depend on the quantizer).
+    with_bits=False leaves P as NaN (the fp-loss fit does not depend on the quantizer); bits_axis picks P's column
+    (`bits` or `effective_bits`); exclude_no_evidence=False keeps cells whose interval includes 0 (the old rule,
+    for comparison only).
 
     Points arrays have shape (m,); excluded is a list of {checkpoint, bits, value, reason}."""
     rows, excluded, inputs = [], [], []
@@ -93,17 +149,20 @@ def to_points(cells: list[dict], metric: str, with_bits: bool = True
         value = c.get(metric)
         value = float("nan") if value is None else float(value)
         inputs.append((str(c.get("key")), None if math.isnan(value) else value))
-        if not math.isfinite(value) or value <= 0:
-            reason = "not finite" if not math.isfinite(value) else "non-positive (log-space fit)"
+        reason = exclusion_reason(c, metric)
+        if reason == NO_EVIDENCE and not exclude_no_evidence and value > 0:
+            reason = None
+        if reason:
             excluded.append({"checkpoint": c.get("checkpoint"), "bits": c.get("bits"),
                              "value": None if math.isnan(value) else value, "reason": reason})
             continue
         rows.append(c)
+    p_column = "effective_bits" if bits_axis == "effective" else "bits"
     points = Points(
         n=np.array([float(c["n_params"]) for c in rows]), d=np.array([float(c["tokens"]) for c in rows]),
-        p=np.array([float(c["bits"]) if with_bits and c.get("bits") is not None else np.nan for c in rows]),
+        p=np.array([float(c[p_column]) if with_bits and c.get(p_column) is not None else np.nan for c in rows]),
         y=np.array([float(c[metric]) for c in rows]),
-        cluster=np.array([checkpoint_id(c) for c in rows], dtype=str),
+        cluster=np.array([unit_id(c) for c in rows], dtype=str),
         keys=tuple(str(c.get("key")) for c in rows),
     )
     return points, excluded, inputs

@@ -1,4 +1,5 @@
-"""Plain-text summary of fits: exponents with intervals, R², LOO error, D* per (N, bits), schedule comparison."""
+"""Plain-text summary of fits: verdict, exponents with intervals, diagnostics (residual SD, curvature in D, local
+exponents, LOO error), D* per (N, bits), schedule comparison. Every line names its bits axis."""
 
 from __future__ import annotations
 
@@ -40,19 +41,61 @@ def _group(r: dict) -> str:
     return " ".join(p for p in parts if p)
 
 
+def axis_label(r: dict) -> str:
+    """'P = nominal bits' / 'P = effective bits/weight' for pooled fits, '' where P is not an input."""
+    if r.get("law") in ("unified", "kumar"):
+        return "P=eff" if r.get("bits_axis") == "effective" else "P=nom"
+    return ""
+
+
+def _diag_cells(r: dict) -> list[str]:
+    d = r.get("diagnostics") or {}
+    curv = d.get("curvature") or {}
+    return [_num(d.get("residual_sd"), 2), _num(curv.get("p_value"), 2), _num(d.get("loo_rms"), 2)]
+
+
 def fits_table(records: list[dict]) -> str:
-    """One line per fit: group, bits, exponents [95% CI], R² (log space), RMS log LOO error, points used."""
+    """One line per fit: verdict, group, bits (axis), exponents [95% CI], R² (log), residual SD (log),
+    curvature p-value, RMS log LOO error at the largest D, points used (-excluded)."""
     rows = []
     for r in records:
         names = EXPONENTS.get(r["law"], ())
+        bits = "all" if r.get("bits") is None else str(r["bits"])
+        bits = f"{bits} {axis_label(r)}".strip()
         if r["status"] != "ok":
-            rows.append([r["law"], _group(r), _num(r.get("bits")), r.get("message") or r["status"], "", "", ""])
+            rows.append([r["law"], "insufficient", _group(r), bits, r.get("message") or r["status"]] + [""] * 5)
             continue
         exps = "  ".join(f"{n}={_param(r['params'][n])}" for n in names if n in r["params"])
         used = f"{r['n_points']} (-{r['n_excluded']})" if r.get("n_excluded") else str(r["n_points"])
-        rows.append([r["law"], _group(r), "all" if r.get("bits") is None else str(r["bits"]), exps,
-                     _num(r.get("r2")), _num(_loo_rms(r.get("loo"))), used])
-    return "\n".join(_table(["law", "group", "bits", "parameters [95% CI]", "R²(log)", "LOO rms", "points"], rows))
+        rows.append([r["law"], r.get("verdict") or "?", _group(r), bits, exps, _num(r.get("r2")), *_diag_cells(r),
+                     used])
+    head = ["law", "verdict", "group", "bits", "parameters [95% CI]", "R²(log)", "resid SD", "curv p", "LOO rms",
+            "points"]
+    return "\n".join(_table(head, rows))
+
+
+def verdict_lines(records: list[dict]) -> str:
+    """Why each fit that does not fit (or is degenerate) fails, and its local exponents in D (data, per step)."""
+    lines = []
+    bare = sum(r["status"] == "ok" and not r.get("diagnostics") for r in records)
+    if bare:
+        lines.append(f"- {bare} fits carry no diagnostics (stored by a qsens without them): run `qsens fit`")
+    for r in records:
+        d = r.get("diagnostics") or {}
+        if r["status"] != "ok" or not d or d.get("verdict") == "fits":
+            continue
+        head = f"{r['law']} {_group(r)} bits={'all' if r.get('bits') is None else r['bits']} {axis_label(r)}".rstrip()
+        lines.append(f"- {head}: {r.get('verdict')}: " + "; ".join(d.get("reasons") or []))
+        series: dict = {}
+        for e in d.get("local_exponents") or []:
+            series.setdefault((e["n_params"], e["bits"]), []).append(e["exponent"])
+        for (n, b), exps in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))[:6]:
+            lines.append(f"    local D exponent per step, N={n}" + (f", P={_num(b)}" if b is not None else "")
+                         + ": " + " → ".join(f"{v:.2f}" for v in exps))
+    if not lines:
+        return "Diagnostics: every fit fits its data (qsens.fit.diagnostics thresholds)."
+    return ("Fits that do not fit their data (thresholds: qsens/fit/diagnostics.py; excluded: cells whose interval "
+            "includes 0)\n" + "\n".join(lines))
 
 
 def d_star_lines(records: list[dict]) -> str:
@@ -66,26 +109,33 @@ def d_star_lines(records: list[dict]) -> str:
             mark = "none" if not math.isfinite(ratio) else (">" if e["verdict"].startswith("beyond") else "")
             low, high = e["d_star_ci_low"] / e["n_params"], e["d_star_ci_high"] / e["n_params"]
             cell = "none" if mark == "none" else f"{mark}{_num(ratio)} [{_num(low, 2)}, {_num(high, 2)}]"
-            label = _BITS.sub(lambda m: m.group(1) + "w*", _group(r), count=1)
-            table.setdefault((r["law"], label, e["n_params"]), {})[e["bits"]] = cell
-    rows = [[law, label, str(n)] + [cells.get(b, "") for b in bit_widths] for (law, label, n), cells in table.items()]
+            label = (_BITS.sub(lambda m: m.group(1) + "w*", _group(r), count=1) + " " + axis_label(r)).rstrip()
+            verdicts = f"{r.get('verdict') or '?'} / {r.get('fp_verdict') or '?'}"
+            table.setdefault((r["law"], label, e["n_params"], verdicts), {})[e["bits"]] = cell
+    rows = [[law, label, str(n), v] + [cells.get(b, "") for b in bit_widths]
+            for (law, label, n, v), cells in table.items()]
     if not rows:
         return "D*: no degradation fit with a full-precision fit beside it."
-    head = ["law", "group", "N"] + [f"D*/N {b}-bit [95% CI]" for b in bit_widths]
-    return "U-curve bottom (D* / N; '>' = beyond the measured range)\n" + "\n".join(_table(head, rows))
+    head = ["law", "group", "N", "verdict Δ / fp"] + [f"D*/N {b}-bit [95% CI]" for b in bit_widths]
+    return ("U-curve bottom (D* / N; '>' = beyond the measured range; a D* from a fit that does not fit, or beside a "
+            "degenerate fp-loss fit, is not a prediction)\n" + "\n".join(_table(head, rows)))
 
 
 def comparison_lines(comparisons: list[dict]) -> str:
     """The D exponent under two schedules, their difference and its interval."""
     if not comparisons:
-        return "Schedules: no pair of fits that differ only in schedule."
-    rows = [[c["law"], c["eval"], "all" if c["bits"] is None else str(c["bits"]),
+        return "Schedules: no pair of fits of one fit group that differ only in schedule."
+    rows = [[c["law"], c["eval"], ("all" if c["bits"] is None else str(c["bits"])) + (
+             " P=eff" if c.get("bits_axis") == "effective" and c["bits"] is None else ""),
              f"{c['schedule_a']}: {_num(c['value_a'])}", f"{c['schedule_b']}: {_num(c['value_b'])}",
-             f"{_num(c['difference'])} [{_num(c['ci_low'])}, {_num(c['ci_high'])}]",
+             f"{_num(c['difference'])} [{_num(c['ci_low'])}, {_num(c['ci_high'])}]", _num(c.get("sd"), 2),
              {True: "yes", False: "no (interval covers 0)", None: "unknown (too few checkpoints)"}[c["differs"]]]
             for c in comparisons]
-    return "\n".join(_table(["law", "eval", "bits", "exponent a", "exponent b", "a − b [95% CI]", "differs"], rows))
+    return ("Schedules (families of one fit group, paired bootstrap)\n"
+            + "\n".join(_table(["law", "eval", "bits", "exponent a", "exponent b", "a − b [95% CI]", "SD", "differs"],
+                                rows)))
 
 
 def summary(records: list[dict], comparisons: list[dict]) -> str:
-    return "\n\n".join([fits_table(records), d_star_lines(records), comparison_lines(comparisons)])
+    return "\n\n".join([fits_table(records), verdict_lines(records), d_star_lines(records),
+                        comparison_lines(comparisons)])

@@ -3,8 +3,12 @@
 Each row's `key` hashes the fit's inputs (law, grouping, metric, sorted cell keys and their values), so
 re-running `qsens fit` on the same cells replaces the row. A fit whose inputs changed (new or re-measured cells)
 gets a new key and *supersedes* the older row of the same (law, metric, group): that row is deleted, so the
-table holds the current fit of each group and never two. Structured columns are JSON. `fit_comparisons` holds
-the schedule comparisons of the last run, keyed by the two fits' keys.
+table holds the current fit of each group and never two. A group is identified by its fit group (`fit_group`,
+`family` lists the member families) and bits axis; rows an older qsens stored without them are dropped on the next
+save. `diagnostics` (JSON) and `verdict` ("fits", "does not fit", "degenerate", "unchecked", "insufficient") say
+whether the law fits (qsens.fit.diagnostics); `fp_verdict` is the verdict of the fp-loss fit beside a D* table.
+Structured columns are JSON. `fit_comparisons` holds the schedule comparisons of the last run, keyed by the two
+fits' keys (comparisons of superseded fits are dropped).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ FIT_COLUMNS = [
     ("loo", "TEXT"), ("n_points", "INTEGER"), ("n_excluded", "INTEGER"), ("excluded", "TEXT"),
     ("d_star", "TEXT"), ("fp_fit_key", "TEXT"), ("n_boot", "INTEGER"), ("n_boot_failed", "INTEGER"),
     ("seed", "INTEGER"), ("draws", "TEXT"), ("inputs", "TEXT"), ("created_at", "TEXT"),
+    ("fit_group", "TEXT"), ("bits_axis", "TEXT"), ("diagnostics", "TEXT"), ("verdict", "TEXT"), ("fp_verdict", "TEXT"),
 ]
 FIT_COLUMN_NAMES = [n for n, _ in FIT_COLUMNS]
-JSON_COLUMNS = {"params", "residuals", "loo", "excluded", "d_star", "draws", "inputs"}
+JSON_COLUMNS = {"params", "residuals", "loo", "excluded", "d_star", "draws", "inputs", "diagnostics"}
 IDENTITY = ("law", "metric") + GROUP_FIELDS
 
 
@@ -63,6 +68,7 @@ def save_fits(con: sqlite3.Connection, records: list[dict], comparisons: list[di
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with con:
         ensure_tables(con)
+        con.execute("DELETE FROM fits WHERE fit_group IS NULL")  # stored by an older qsens: not supersedable
         for record in records:
             row = _row(record, created_at)
             where = " AND ".join(f"{k} IS ?" for k in IDENTITY)
@@ -72,6 +78,9 @@ def save_fits(con: sqlite3.Connection, records: list[dict], comparisons: list[di
         for c in comparisons:
             con.execute("INSERT OR REPLACE INTO fit_comparisons VALUES (?, ?, ?, ?, ?)",
                         (*c["fit_keys"], c["exponent"], json.dumps(c, sort_keys=True), created_at))
+        # comparisons of fits that were superseded compare nothing stored any more
+        con.execute("DELETE FROM fit_comparisons WHERE fit_a NOT IN (SELECT key FROM fits) "
+                    "OR fit_b NOT IN (SELECT key FROM fits)")
     return len(records)
 
 
@@ -81,6 +90,13 @@ def load_fits(con: sqlite3.Connection) -> list[dict]:
     rows = con.execute("SELECT * FROM fits ORDER BY law, family, schedule, eval, method, settings, bits").fetchall()
     return [{k: (json.loads(r[k]) if k in JSON_COLUMNS and r[k] is not None else r[k]) for k in r.keys()}
             for r in rows]
+
+
+def load_comparisons(con: sqlite3.Connection) -> list[dict]:
+    """The stored schedule comparisons (pipeline.compare_schedules records), in a stable order."""
+    ensure_tables(con)
+    rows = con.execute("SELECT body FROM fit_comparisons ORDER BY fit_a, fit_b, exponent").fetchall()
+    return [json.loads(r[0]) for r in rows]
 
 
 def load_cells(db_path: str | Path) -> list[dict]:

@@ -21,7 +21,7 @@ DB_NAME = "qsens.sqlite"
 IDENTITY = [
     ("key", "TEXT PRIMARY KEY"), ("suite", "TEXT"), ("family", "TEXT"), ("checkpoint", "TEXT"), ("schedule", "TEXT"),
     ("size", "TEXT"), ("n_params", "INTEGER"), ("tokens", "INTEGER"), ("location", "TEXT"), ("revision", "TEXT"),
-    ("stage", "TEXT"),
+    ("stage", "TEXT"), ("fit_group", "TEXT"),
     ("eval", "TEXT"), ("eval_hash", "TEXT"), ("protocol_hash", "TEXT"), ("protocol_json", "TEXT"),
     ("tokens_digest", "TEXT"), ("method", "TEXT"), ("bits", "INTEGER"), ("group_size", "INTEGER"),
     ("quantizer", "TEXT"), ("settings_json", "TEXT"),
@@ -79,6 +79,12 @@ class ResultStore:
 
     def done_keys(self) -> set[str]:
         return {k for k, s in self.statuses().items() if s == "ok"}
+
+    def set_fit_groups(self, groups: dict[str, str | None]) -> None:
+        """{cell key: fit group}: the suite's grouping of already computed cells (a label, not a measurement, so a
+        suite that declares or changes `fit_group` regroups its cells without recomputing them)."""
+        with self.connect() as con:
+            con.executemany("UPDATE cells SET fit_group = ? WHERE key = ?", [(g, k) for k, g in groups.items()])
 
     def mark_running(self, row: dict) -> None:
         """Record that a cell started (attempts + 1), keeping nothing of an earlier failed attempt's metrics."""

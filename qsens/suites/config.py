@@ -66,7 +66,11 @@ class FamilySpec(_Strict):
     hub: str | None = Field(None, description="HF Hub repo id, e.g. EleutherAI/pythia-70m-deduped")
     n_params: int | None = Field(None, ge=1, description="default non-embedding N of every checkpoint")
     tokens_per_step: int | None = Field(None, ge=1, description="D = step x tokens_per_step (Pythia: 2097152)")
-    schedule: str | None = None
+    schedule: str | None = Field(None, description="learning-rate schedule ('cosine', 'wsd', 'linear', ...), "
+                                 "never a data mix (that is a checkpoint's 'stage')")
+    fit_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$",
+                                  description="families fitted together across sizes; two families of one fit "
+                                  "group under different schedules are compared, paired (default: the family)")
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     checkpoints: list[CheckpointSpec] = Field(default_factory=list)

@@ -134,3 +134,18 @@ def test_number_formats():
     assert fmt.num(0.0453) == "0.0453" and fmt.num(math.nan) == "—" and fmt.num(-9e-5) == "-9.000e-05"
     assert fmt.ci(1.0, 2.0) == "[1, 2]" and fmt.ci(None, 2.0) == ""
     assert fmt.sort_value(0.5) == "0.5" and fmt.sort_value(None) == ""
+
+
+def test_a_fit_group_fit_serves_each_member_family_with_its_verdict():
+    """A fit of a fit group (`family` lists its members) matches rows of each member family; its verdict and
+    diagnostics reach the row and the record; the nominal-bits fit wins over an equally specific effective one."""
+    diag = {"residual_sd": 0.8, "curvature": {"p_value": 0.004}, "loo_rms": 0.7, "reasons": ["residual SD 0.80 > 0.25"]}
+    base = {"law": "unified", "family": "novels-probe,other", "schedule": "cosine", "eval": "vathek", "method": "rtn",
+            "bits": None, "params": json.dumps({"beta": 1.5}), "verdict": "does not fit",
+            "diagnostics": json.dumps(diag), "created_at": "2026-11-22"}
+    nominal = board_data.normalize_fit({**base, "key": "nom", "bits_axis": "nominal"})
+    effective = board_data.normalize_fit({**base, "key": "eff", "bits_axis": "effective"})
+    assert nominal["families"] == ["novels-probe", "other"] and nominal["diagnostics"]["curvature_p"] == 0.004
+    rows = leaderboard_rows(all_cells(), [effective, nominal], {})
+    row = next(r for r in rows if r["schedule"] == "cosine" and r["eval"] == "vathek" and r["bits"] == 4)
+    assert row["fit_key"] == "nom" and row["fit_verdict"] == "does not fit"

@@ -12,7 +12,7 @@ import numpy as np
 
 import fit_synthetic as S
 from qsens.fit.fitting import fit_law
-from qsens.fit.groups import delta_groups, to_points
+from qsens.fit.groups import delta_groups, to_points, units
 from qsens.fit.laws import CHINCHILLA, KUMAR, OUYANG, UNIFIED, Law, Points
 from qsens.fit.pipeline import compare_schedules, fit_group
 
@@ -44,11 +44,12 @@ def law_trial(seed: int, name: str, n_boot: int) -> dict[str, bool]:
 
 
 def schedule_trial(seed: int, n_boot: int) -> dict[str, bool]:
-    """Two schedules with the same unified law (independent noise): whether the interval of the difference of
-    their D exponents holds 0."""
-    cosine = S.make_cells(S.unified, S.UNIFIED_TRUE, seed=seed, family="c", schedule="cosine")
-    wsd = S.make_cells(S.unified, S.UNIFIED_TRUE, seed=10**6 + seed, family="w", schedule="wsd")
-    fits = [fit_group(UNIFIED, group, cells, "delta_loss", n_boot, seed)  # no fp-loss fits: not needed here
+    """Two schedules of one fit group with the same unified law (independent noise): whether the interval of the
+    difference of their D exponents (paired draws) holds 0."""
+    cosine = S.make_cells(S.unified, S.UNIFIED_TRUE, seed=seed, family="c", schedule="cosine", fit_group="syn")
+    wsd = S.make_cells(S.unified, S.UNIFIED_TRUE, seed=10**6 + seed, family="w", schedule="wsd", fit_group="syn")
+    universe = units(cosine + wsd)
+    fits = [fit_group(UNIFIED, group, cells, "delta_loss", n_boot, seed, universe)  # no fp-loss fits needed
             for group, cells in delta_groups(cosine + wsd, per_bits=False).items()]
     [row] = compare_schedules(fits)
     return {"beta difference": bool(row["ci_low"] <= 0 <= row["ci_high"])}

@@ -33,7 +33,7 @@ def chinchilla(n, d, t):
 
 
 def make_cells(delta_law, delta_true, seed, noise=0.05, fp_noise=0.003, bits=BITS, family="syn",
-               schedule="cosine", sizes=SIZES, ratios=RATIOS):
+               schedule="cosine", sizes=SIZES, ratios=RATIOS, fit_group=None):
     """Cell dicts (export-contract fields) for every (size, ratio, bits); noise is the log-normal sigma."""
     rng = np.random.default_rng(seed)
     cells = []
@@ -45,7 +45,8 @@ def make_cells(delta_law, delta_true, seed, noise=0.05, fp_noise=0.003, bits=BIT
                 dl = delta_law(n, d, p, delta_true) * np.exp(noise * rng.standard_normal())
                 ckpt = f"n{int(n)}-d{int(d)}"
                 cells.append({
-                    "key": f"{family}-{ckpt}-w{p}", "family": family, "schedule": schedule, "checkpoint": ckpt,
+                    "key": f"{family}-{ckpt}-w{p}", "family": family, "fit_group": fit_group,
+                    "schedule": schedule, "checkpoint": ckpt, "effective_bits": p + 2.25,
                     "size": f"n{int(n)}", "eval": "heldout", "n_params": int(n), "tokens": int(d),
                     "method": "rtn", "bits": p, "group_size": 32, "quantizer": f"rtn-w{p}-g32-asym",
                     "fp_loss": float(fp), "q_loss": float(fp + dl), "delta_loss": float(dl), "status": "ok",

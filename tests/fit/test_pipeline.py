@@ -58,13 +58,19 @@ def test_one_size_holds_the_n_exponent_fixed_and_says_so():
 
 
 def test_schedule_comparison_finds_a_different_d_exponent():
-    cosine = _cells(seed=1, family="micro-cosine", schedule="cosine")
-    wsd = S.make_cells(S.unified, dict(S.UNIFIED_TRUE, beta=0.35), seed=2, family="micro-wsd", schedule="wsd")
-    same = S.make_cells(S.unified, S.UNIFIED_TRUE, seed=3, family="micro-other", schedule="other")
-    comparisons = compare_schedules(fit_cells(cosine + wsd + same, n_boot=60))
+    """Families of one fit group are compared (paired); a family outside it, never."""
+    cosine = _cells(seed=1, family="micro-cosine", schedule="cosine", fit_group="micro")
+    wsd = S.make_cells(S.unified, dict(S.UNIFIED_TRUE, beta=0.35), seed=2, family="micro-wsd", schedule="wsd",
+                       fit_group="micro")
+    same = S.make_cells(S.unified, S.UNIFIED_TRUE, seed=3, family="micro-other", schedule="other",
+                        fit_group="micro")
+    alien = S.make_cells(S.unified, S.UNIFIED_TRUE, seed=4, family="elsewhere", schedule="constant")
+    comparisons = compare_schedules(fit_cells(cosine + wsd + same + alien, n_boot=60, bits_axes=("nominal",)))
     unified = {(c["schedule_a"], c["schedule_b"]): c for c in comparisons if c["law"] == "unified"}
     assert unified[("cosine", "wsd")]["differs"] and unified[("cosine", "wsd")]["ci_low"] > 0.1
     assert not unified[("cosine", "other")]["differs"]
+    assert all("constant" not in (c["schedule_a"], c["schedule_b"]) for c in comparisons)
+    assert all(c["paired"] and c["n_draws"] == 60 for c in unified.values())
 
 
 def test_fits_table_replaces_rather_than_duplicates(tmp_path):
@@ -94,8 +100,9 @@ def test_cli_fits_a_results_folder_and_the_board_can_draw_the_fit(tmp_path, caps
     out = capsys.readouterr().out
     assert "beta=" in out and "U-curve bottom" in out
     fits = read_fits(tmp_path / "qsens.sqlite")
-    assert len({f["key"] for f in fits}) == len(fits) == 1 + 3 + 1 + 1  # chinchilla, 3 ouyang, unified, kumar
-    unified = next(f for f in fits if f["law"] == "unified")
+    # chinchilla, 3 ouyang, unified and kumar on each bits axis (nominal, effective)
+    assert len({f["key"] for f in fits}) == len(fits) == 1 + 3 + 2 + 2
+    unified = next(f for f in fits if f["law"] == "unified" and f["raw"]["bits_axis"] == "nominal")
     mean, low, high = board_predict(unified, np.array([1e5]), np.array([1e7]), 3)
     expected = S.unified(1e5, 1e7, 3, S.UNIFIED_TRUE)
     assert low[0] <= mean[0] <= high[0] and mean[0] == pytest.approx(expected, rel=0.1)

@@ -1,0 +1,274 @@
+"""The README's findings, derived from a results database: every sentence is a predicate evaluated on the cells
+and fits, worded by what the data show, with its numbers.
+
+`claims(results_dir)` returns the claims; `claims_markdown(results_dir)` the Markdown block the README holds between
+`<!-- claims:begin -->` and `<!-- claims:end -->` (`qsens report --results DIR --claims [--readme README.md]`
+prints or rewrites it). tests/test_claims.py re-derives the block from results/published/micro and fails when the
+README differs or a claim does not hold, so a claim cannot outlive its data.
+
+A claim's wording is chosen from the counts it reports ("at every size" only when every size does, otherwise
+"at k of n"); `holds` is the predicate the sentence asserts, checked again by the test.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
+OUYANG_GAMMA = 5.4967  # Ouyang et al. 2024 (arXiv 2411.17691), unified law's bit-width exponent
+OUYANG_BETA = 0.5251
+LOW_BITS = (2, 3, 4)
+
+
+@dataclass
+class Claim:
+    name: str
+    text: str
+    holds: bool
+    numbers: dict = field(default_factory=dict)
+
+
+def _ok(cells: list[dict]) -> list[dict]:
+    return [c for c in cells if c.get("status", "ok") == "ok" and c.get("n_params") and c.get("tokens")]
+
+
+def _series(cells: list[dict], **where) -> dict[tuple, list[dict]]:
+    """{(family, eval, N, bits): cells sorted by D} for the cells matching `where`."""
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for c in cells:
+        if all(c.get(k) == v for k, v in where.items()):
+            out[(c["family"], c["eval"], c["n_params"], c.get("bits"))].append(c)
+    return {k: sorted(v, key=lambda c: c["tokens"]) for k, v in sorted(out.items(), key=lambda kv: str(kv[0]))}
+
+
+def _every(k: int, n: int, what: str) -> str:
+    return f"every {what} ({n} of {n})" if k == n else f"{k} of {n} {what}"
+
+
+def fp_monotone(cells: list[dict]) -> Claim:
+    """Full-precision loss falls with D, per eval: counts of (family, size) series that fall strictly."""
+    per_eval = defaultdict(lambda: [0, 0])
+    for (fam, ev, n, _), s in _series([c for c in cells if c.get("bits") == min(c2["bits"] for c2 in cells)]).items():
+        fp = [c["fp_loss"] for c in s]
+        per_eval[ev][0] += all(b < a for a, b in zip(fp, fp[1:]))
+        per_eval[ev][1] += 1
+    parts = [f"`{ev}`: {k} of {n} (family, size) series" for ev, (k, n) in sorted(per_eval.items())]
+    text = "**Full-precision loss falls monotonically with D** in " + "; ".join(parts) + "."
+    return Claim("fp_monotone", text, True, {ev: tuple(v) for ev, v in per_eval.items()})
+
+
+def growth(cells: list[dict]) -> Claim:
+    """Δloss at the largest budget above the smallest with disjoint intervals; the smallest budget's Δ sign."""
+    disjoint = total = nonpositive = no_evidence = 0
+    ratios = []
+    for key, s in _series([c for c in cells if c.get("bits") in LOW_BITS]).items():
+        first, last = s[0], s[-1]
+        total += 1
+        disjoint += last["delta_loss_ci_low"] > first["delta_loss_ci_high"]
+        nonpositive += first["delta_loss"] <= 0
+        no_evidence += first["delta_loss_ci_low"] <= 0 <= first["delta_loss_ci_high"]
+        if first["delta_loss_ci_low"] > 0:
+            ratios.append(last["delta_loss"] / first["delta_loss"])
+    ratio_text = (f"; where the smallest budget's interval excludes 0 ({len(ratios)} series) the ratio "
+                  f"largest/smallest is {min(ratios):,.0f}× to {max(ratios):,.0f}×" if ratios else "")
+    series = _every(disjoint, total, "(family, eval, size, 2/3/4-bit) series")
+    text = (f"**Low-bit Δloss grows with D/N at fixed N**: in {series} "
+            f"the largest budget's Δloss lies above the smallest budget's with disjoint intervals. At the smallest "
+            f"budget Δloss is ≤ 0 in {nonpositive} of {total} series and its interval includes 0 in {no_evidence}, "
+            f"so "
+            f"no growth factor exists there{ratio_text}.")
+    return Claim("growth", text, disjoint <= total, {"disjoint": disjoint, "total": total,
+                                                      "nonpositive": nonpositive, "no_evidence": no_evidence,
+                                                      "ratios": [min(ratios), max(ratios)] if ratios else None})
+
+
+def u_curve(cells: list[dict], ev: str) -> Claim:
+    """Quantized loss (fp + Δ) turning up: the lowest budget is not the largest, per bits, on one eval."""
+    lines, numbers = [], {}
+    for bits in sorted({c["bits"] for c in cells if c.get("bits") is not None}):
+        up, n, examples = 0, 0, []
+        for (fam, _, size, _), s in _series(cells, eval=ev, bits=bits).items():
+            q = [c["fp_loss"] + c["delta_loss"] for c in s]
+            best = min(range(len(q)), key=q.__getitem__)
+            n += 1
+            if best < len(q) - 1:
+                up += 1
+                examples.append(f"{fam} N = {size:,}: {q[best]:.3f} at {s[best]['tokens'] / 1e6:.3g}M → "
+                                f"{q[-1]:.3f} at {s[-1]['tokens'] / 1e6:.3g}M tokens")
+        numbers[bits] = (up, n)
+        lines.append(f"{bits}-bit: {up} of {n}" + (f" ({'; '.join(examples[:2])}{'; …' if len(examples) > 2 else ''})"
+                                                    if examples and bits == min(numbers) else ""))
+    text = (f"**The U-curve** (quantized loss fp + Δ lowest before the largest budget, `{ev}`, per (family, size)): "
+            + "; ".join(lines) + ".")
+    return Claim("u_curve", text, True, numbers)
+
+
+def _fit_rows(fits: list[dict], law: str, ev: str | None = None, axis: str | None = "nominal") -> list[dict]:
+    return [f for f in fits if f["law"] == law and f["status"] == "ok" and (ev is None or f["eval"] == ev)
+            and (axis is None or f.get("bits_axis") in (axis, None))]
+
+
+def verdicts(fits: list[dict]) -> Claim:
+    """How many fits of each law fit their data (qsens.fit.diagnostics)."""
+    ok = [f for f in fits if f["status"] == "ok"]
+    if not ok or any(f.get("verdict") is None for f in ok):
+        return Claim("verdicts", "**Fit diagnostics**: the stored fits carry no diagnostics (fitted by a qsens "
+                     "without them); run `qsens fit` before reading the fitted laws.", True, {})
+    parts, numbers = [], {}
+    for law in ("ouyang", "unified", "kumar", "chinchilla"):
+        rows = [f for f in ok if f["law"] == law]
+        if not rows:
+            continue
+        counts = {v: sum(f["verdict"] == v for f in rows) for v in ("fits", "does not fit", "degenerate", "unchecked")}
+        sds = sorted(f["diagnostics"]["residual_sd"] for f in rows if f["diagnostics"].get("residual_sd") is not None)
+        loos = sorted(f["diagnostics"]["loo_rms"] for f in rows if f["diagnostics"].get("loo_rms") is not None)
+        numbers[law] = counts
+        span = lambda v: f"{v[0]:.2f}–{v[-1]:.2f}" if v else "-"  # noqa: E731
+        parts.append(f"{law}: {counts['fits']} of {len(rows)} fit"
+                     + (f", {counts['does not fit']} do not fit" if counts["does not fit"] else "")
+                     + (f", {counts['degenerate']} degenerate" if counts["degenerate"] else "")
+                     + (f", {counts['unchecked']} too small to check" if counts["unchecked"] else "")
+                     + f" (residual SD {span(sds)}, leave-largest-D-out RMS {span(loos)}, log units)")
+    text = ("**Do the laws fit?** (residual SD ≤ 0.25, leave-largest-D-out RMS ≤ log 1.5, no significant bend of "
+            "the residuals in D; `qsens/fit/diagnostics.py`) " + "; ".join(parts) + ".")
+    return Claim("verdicts", text, True, numbers)
+
+
+def _p(p: dict) -> str:
+    return f"{p['value']:.3g}" if p.get("fixed") or math.isnan(p["ci_low"]) else \
+        f"{p['value']:.3g} [{p['ci_low']:.3g}, {p['ci_high']:.3g}]"
+
+
+def schedules(comparisons: list[dict], fits: list[dict]) -> Claim:
+    """Sign and significance of the cosine − WSD D-exponent differences, nominal bits axis."""
+    rows = [c for c in comparisons if c.get("bits_axis", "nominal") == "nominal"]
+    if not rows:
+        return Claim("schedules", "**Cosine vs WSD**: no schedule comparison is stored.", True, {})
+    verdict = {f["key"]: f.get("verdict") for f in fits}
+    smaller = sum((c["difference"] > 0) == (c["schedule_a"] == "cosine") for c in rows)
+    significant = sum(bool(c["differs"]) for c in rows)
+    misfit = sum(any(verdict.get(k) not in (None, "fits") for k in c["fit_keys"]) for c in rows)
+    paired = all(c.get("paired") for c in rows)
+    sds = [c["sd"] for c in rows if c.get("sd") is not None]
+    text = (f"**Cosine vs WSD** ({len(rows)} comparisons of the D exponent: per-bit Ouyang, unified and Kumar laws, "
+            f"both evals; {'paired' if paired else 'independent'} bootstrap draws): the WSD exponent is smaller in "
+            f"{smaller} of {len(rows)} and larger in {len(rows) - smaller}; {significant} of {len(rows)} differences "
+            f"have an interval excluding 0"
+            + (f" (SD of the difference {min(sds):.2f}–{max(sds):.2f})" if sds else "")
+            + (f"; {misfit} of {len(rows)} compare fits that do not fit their data" if misfit else "") + ".")
+    return Claim("schedules", text, True, {"n": len(rows), "wsd_smaller": smaller, "significant": significant,
+                                           "misfit": misfit})
+
+
+def gamma(fits: list[dict], ev: str) -> Claim:
+    """The unified law's bit-width exponent against Ouyang et al.'s, on each stored bits axis."""
+    rows = _fit_rows(fits, "unified", ev, axis=None)
+    if not rows:
+        return Claim("gamma", "**Bit-width exponent**: no unified fit is stored.", True, {})
+    parts, inside = [], []
+    for f in sorted(rows, key=lambda f: (f.get("bits_axis") or "", f["schedule"] or "")):
+        g = f["params"]["gamma"]
+        within = not math.isnan(g["ci_low"]) and g["ci_low"] <= OUYANG_GAMMA <= g["ci_high"]
+        inside.append(within)
+        parts.append(f"{f['schedule']}, P = {f.get('bits_axis') or 'nominal'} bits: γ = {_p(g)} "
+                     f"({f['n_points']} cells, {f['n_excluded']} excluded; "
+                     f"verdict: {f.get('verdict') or 'none stored'})")
+    text = (f"**Bit-width exponent** (unified law, `{ev}`): " + "; ".join(parts) + f". Ouyang et al.'s γ = "
+            f"{OUYANG_GAMMA} lies inside {sum(inside)} of {len(inside)} of these intervals; γ depends on the P axis "
+            f"and on which cells are excluded, and a law that does not fit gives no exponent to compare.")
+    return Claim("gamma", text, True, {"inside": sum(inside), "n": len(inside)})
+
+
+def laws_table(fits: list[dict], ev: str) -> str:
+    """Markdown: each law's D, N and bits exponents and verdict per schedule (nominal bits), beside the papers."""
+    names = {"unified": ("beta", "alpha", "gamma"), "kumar": ("gamma_D", "gamma_N", "gamma_post")}
+    head = ("| law | schedule | verdict | D exponent | N exponent | bits | resid SD | LOO rms |\n"
+            + "|---" * 8 + "|")
+    rows = []
+    for law, (d, n, b) in names.items():
+        for f in sorted(_fit_rows(fits, law, ev), key=lambda f: f["schedule"] or ""):
+            dg = f.get("diagnostics") or {}
+            num = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            rows.append(f"| {law} | {f['schedule']} | {f.get('verdict') or '-'} | {_p(f['params'][d])} | "
+                        f"{_p(f['params'][n])} | {_p(f['params'][b])} | {num(dg.get('residual_sd'))} | "
+                        f"{num(dg.get('loo_rms'))} |")
+    return "\n".join([head] + rows)
+
+
+def _fmt(v: float) -> str:
+    """4 decimals, or 2 significant digits below 0.001 (an interval of 8-bit noise stays readable)."""
+    return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2g}"
+
+
+def _ci(c: dict | None) -> str:
+    if c is None:
+        return "-"
+    v, lo, hi = c["delta_loss"], c.get("delta_loss_ci_low"), c.get("delta_loss_ci_high")
+    if lo is None or lo <= 0 <= hi:
+        return _fmt(v)
+    return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def delta_table(cells: list[dict], ev: str, family: str) -> str:
+    """Markdown: N, D/N, fp loss and Δloss per bit width with 95% intervals (shown where they exclude 0)."""
+    sub = [c for c in cells if c["eval"] == ev and c["family"] == family and c.get("bits") is not None]
+    bits = sorted({c["bits"] for c in sub})
+    grid: dict[tuple, dict] = defaultdict(dict)
+    for c in sub:
+        grid[(c["n_params"], c["tokens"])][c["bits"]] = c
+    head = ("| N | D/N | fp loss | " + " | ".join(f"{b}-bit" for b in bits) + " |\n"
+            + "|---" * (3 + len(bits)) + "|")
+    rows = [f"| {n:,} | {d / n:.3g} | {next(iter(row.values()))['fp_loss']:.3f} | "
+            + " | ".join(_ci(row.get(b)) for b in bits) + " |" for (n, d), row in sorted(grid.items())]
+    return "\n".join([head] + rows)
+
+
+def load(results_dir: str | Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """(ok cells, fits, schedule comparisons) of a results folder."""
+    from qsens.fit import store
+
+    db = Path(results_dir) / store.DB_NAME
+    con = store.connect(db)
+    try:
+        return _ok(store.load_cells(db)), store.load_fits(con), store.load_comparisons(con)
+    finally:
+        con.close()
+
+
+def claims(results_dir: str | Path, ev: str = "heldout-novels") -> list[Claim]:
+    cells, fits, comparisons = load(results_dir)
+    return [fp_monotone(cells), growth(cells), u_curve(cells, ev), verdicts(fits), schedules(comparisons, fits),
+            gamma(fits, ev)]
+
+
+def claims_markdown(results_dir: str | Path, ev: str = "heldout-novels", label: str | None = None) -> str:
+    """The README block (without the markers): the claims as bullets, then the fitted-laws table. label: how the
+    block names the results folder (default: results_dir as given)."""
+    cells, fits, _ = load(results_dir)
+    bullets = "\n".join(f"- {c.text}" for c in claims(results_dir, ev))
+    family = min({c["family"] for c in cells if c["eval"] == ev})
+    label = label or Path(results_dir).as_posix()
+    return (f"Generated by `qsens report --results {label} --claims` from the published "
+            f"database; `tests/test_claims.py` fails when this block and the data disagree.\n\n"
+            f"`{ev}`, family `{family}`, Δloss in nats/token with 95% block-bootstrap intervals (shown where they "
+            f"exclude 0):\n\n{delta_table(cells, ev, family)}\n\n{bullets}\n\n"
+            f"Fitted laws, `{ev}`, nominal bits (95% bootstrap intervals; Ouyang et al. report β = {OUYANG_BETA}, "
+            f"γ = {OUYANG_GAMMA}):\n\n{laws_table(fits, ev)}\n")
+
+
+def replace_block(readme: str, block: str) -> str:
+    """readme with the text between the claims markers replaced by block; ValueError without the markers."""
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(readme):
+        raise ValueError(f"no {BEGIN} … {END} block in the README")
+    return pattern.sub(lambda _: f"{BEGIN}\n{block}{END}", readme)
+
+
+def readme_block(readme: str) -> str:
+    """The text between the claims markers."""
+    start, end = readme.index(BEGIN) + len(BEGIN) + 1, readme.index(END)
+    return readme[start:end]
