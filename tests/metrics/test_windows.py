@@ -84,9 +84,10 @@ def test_bytes_of_scored_tokens_cover_each_document_when_every_token_is_scored()
                      align_last=True, prefix="eos")
     tokens = build_eval_tokens(text, CharTokenizer(), proto)
     docs = split_documents(text, "wikitext_articles")
-    assert len(docs) == 2
-    assert int(tokens.target_bytes.sum()) == len(text.encode("utf-8"))
-    assert tokens.n_targets == len(text)  # every character scored once (prefix gives the first its context)
+    assert docs == [" = A = \nvoilà café", " = B = \nnaïve ok\n"]  # pages joined by "\n", as the HF split
+    assert int(tokens.target_bytes.sum()) == sum(len(d.encode("utf-8")) for d in docs)
+    assert tokens.n_targets == sum(map(len, docs))  # every character scored once (prefix gives the first its context)
+    assert tokens.n_words == 10  # "=", "A", "=", "voilà", "café", "=", "B", "=", "naïve", "ok"
 
 
 def test_stream_protocol_respects_max_tokens_and_joiner():
