@@ -41,8 +41,10 @@ def split_documents(text: str, split: str) -> list[str]:
         return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
     if split == "lines_keepends":
         return text.splitlines(keepends=True)
-    if split == "hf_rows":
-        return [line if line.strip() else "" for line in text.splitlines(keepends=True)]
+    if split == "hf_rows":  # file iteration: lines end at "\n" only
+        parts = text.split("\n")
+        rows = [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+        return [row if row.strip() else "" for row in rows]
     if split == "blank_lines":
         return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     if split == "wikitext_articles":

@@ -95,6 +95,7 @@ def _span_counts(text: str, offsets: list[tuple[int, int]]) -> tuple[np.ndarray,
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     starts = np.array([s for s, _ in offsets], dtype=np.int64)
     starts[0] = 0
+    starts = np.maximum.accumulate(starts)  # special tokens carry (0, 0) offsets: they own no text
     if text.isascii():
         byte_at = np.arange(len(text) + 1, dtype=np.int64)
     else:

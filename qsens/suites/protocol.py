@@ -98,11 +98,11 @@ class Protocol(BaseModel):
 
 PRESETS: dict[str, dict] = {
     # GPTQ (IST-DASLab/gptq datautils.get_wikitext2 + llama_eval): HF wikitext-2-raw-v1 test rows joined with
-    # "\n\n" into one stream, non-overlapping 2048-token windows, ragged tail dropped, first token of each window
-    # unscored.
+    # "\n\n" into one stream, tokenized with the tokenizer's special tokens (a LLaMA/OPT BOS at the start),
+    # non-overlapping 2048-token windows, ragged tail dropped, first token of each window unscored.
     "gptq": dict(
         unit="stream", split="hf_rows", joiner="\n\n", context_length=2048,
-        last_logit=False, drop_last=True, prefix="none",
+        last_logit=False, drop_last=True, prefix="none", add_special_tokens=True,
     ),
     # lm-evaluation-harness 0.4.13 `wikitext` task: one document per page of EleutherAI/wikitext_document_level,
     # wikitext detokenizer, tokenized as HFLM.tok_encode does (special tokens on), BOS prefix (EOS without one),
