@@ -33,13 +33,16 @@ class BlockChoice:
     sigma2: float
     G: float
 
-    def variance_bias_factor(self, block: int) -> float:
-        """sigma2 / E[bootstrap variance]: the circular block bootstrap with blocks of `block` estimates
-        sigma2 - G / block (Kunsch 1989; Politis & White 2004 eq. 5), too small when correlations are positive.
-        Clipped to [1/2, 2] so that a noisy G cannot dominate the interval."""
-        if not (np.isfinite(self.sigma2) and np.isfinite(self.G)) or self.sigma2 <= 0:
+    def variance_bias_factor(self, block: int, n: int) -> float:
+        """sigma2 / E[bootstrap variance] for blocks of `block` of the n elements.
+
+        The circular block bootstrap's variance of the mean is about (sigma2 - G / b) / n (Kunsch 1989; Politis &
+        White 2004, eq. 5), too small under positive correlation, and centring on the sample mean takes about
+        one block's worth more (factor 1 - b / n, as in batch means). Clipped to [1/2, 2] so that noise in the
+        estimates cannot dominate an interval."""
+        if not (np.isfinite(self.sigma2) and np.isfinite(self.G)) or self.sigma2 <= 0 or block >= n:
             return 1.0
-        expected = self.sigma2 - self.G / block
+        expected = (self.sigma2 - self.G / block) * (1.0 - block / n)
         if expected <= 0:
             return 2.0
         return float(min(2.0, max(0.5, self.sigma2 / expected)))
@@ -79,7 +82,8 @@ def politis_white_block(x: np.ndarray) -> BlockChoice:
     if g0 <= 0:
         return BlockChoice(1.0, float(g0), float(G))
     b = (2.0 * G**2 / (4.0 / 3.0 * g0**2)) ** (1.0 / 3.0) * n ** (1.0 / 3.0)
-    return BlockChoice(float(max(1.0, min(b, math.ceil(min(3 * math.sqrt(n), n / 3))))), float(g0), float(G))
+    b = max(1.0, min(b, math.ceil(min(3 * math.sqrt(n), n / 3))))
+    return BlockChoice(float(b), float(g0), float(G))
 
 
 def _doc_layout(doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

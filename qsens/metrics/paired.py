@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats
 
 from qsens.metrics.blocks import block_resample_counts, politis_white_block
 from qsens.metrics.scoring import QuantizedScores, ReferenceScores
@@ -26,15 +27,17 @@ LN2 = math.log(2.0)
 CI_METRICS = ("fp_loss", "q_loss", "delta_loss", "ppl_ratio", "kl_mean", "top1_agree", "bits_per_byte")
 
 
-def _ratio(num: np.ndarray, den: np.ndarray, counts: np.ndarray, block: int) -> tuple[float, np.ndarray]:
-    """Point estimate sum(num)/sum(den) and its bias-scaled bootstrap replicates from (counts @ num) / (counts @ den).
+def _ratio(num: np.ndarray, den: np.ndarray, counts: np.ndarray, block: int,
+           quantile_scale: float) -> tuple[float, np.ndarray]:
+    """Point estimate sum(num)/sum(den) and its scaled bootstrap replicates from (counts @ num) / (counts @ den).
 
-    num, den: float64 [W] per-window sums; counts: int [samples, W]."""
+    num, den: float64 [W] per-window sums; counts: int [samples, W]. The replicates' deviations are scaled by
+    the block bootstrap's variance bias (`BlockChoice.variance_bias_factor`) and by quantile_scale."""
     est = float(num.sum() / den.sum())
     reps = (counts @ num) / (counts @ den)
     ok = den > 0
-    scale = politis_white_block(num[ok] / den[ok]).variance_bias_factor(block) if block > 1 else 1.0
-    return est, est + math.sqrt(scale) * (reps - est)
+    bias = politis_white_block(num[ok] / den[ok]).variance_bias_factor(block, int(ok.sum())) if block > 1 else 1.0
+    return est, est + math.sqrt(bias) * quantile_scale * (reps - est)
 
 
 def sensitivity_metrics(tokens: EvalTokens, ref: ReferenceScores, q: QuantizedScores, *,
@@ -53,8 +56,13 @@ def sensitivity_metrics(tokens: EvalTokens, ref: ReferenceScores, q: QuantizedSc
     block = math.ceil(politis_white_block((q_sum - fp_sum) / n_tok).block)
     counts = block_resample_counts(tokens.window_docs(), block, bootstrap_samples, seed)
 
+    # W / b blocks carry the information: widen as a t interval with W / b - 1 degrees of freedom would
+    # (batch means), since the bootstrap's spread is itself estimated from that few blocks
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    quantile_scale = float(stats.t.ppf(0.5 + confidence / 2, max(W / block - 1, 1)) / z)
+
     def ratio(num: np.ndarray, den: np.ndarray) -> tuple[float, np.ndarray]:
-        return _ratio(num, den, counts, block)
+        return _ratio(num, den, counts, block, quantile_scale)
 
     out: dict[str, float] = {}
     reps: dict[str, np.ndarray] = {}
