@@ -26,26 +26,32 @@ import numpy as np
 
 @dataclass(frozen=True)
 class BlockChoice:
-    """Politis-White estimates for one series: block length b (>= 1, elements), and the flat-top estimates of the
-    long-run variance sigma2 = sum_k R(k) and of G = sum_k |k| R(k) (both per element; nan when not estimated)."""
+    """Politis-White estimates for one series of n elements: block length b (>= 1), and the flat-top estimates
+    sigma2 = sum_k lam(k/M) R(k) (long-run variance) and G = sum_k lam(k/M) |k| R(k), per element (nan when not
+    estimated), with the window's weights L0 = sum_{|k|<=M} lam(k/M) and L1 = sum_{|k|<=M} lam(k/M) |k|."""
 
     block: float
     sigma2: float
     G: float
+    L0: float = 1.0
+    L1: float = 0.0
 
     def variance_bias_factor(self, block: int, n: int) -> float:
         """sigma2 / E[bootstrap variance] for blocks of `block` of the n elements.
 
-        The circular block bootstrap's variance of the mean is about (sigma2 - G / b) / n (Kunsch 1989; Politis &
-        White 2004, eq. 5), too small under positive correlation, and centring on the sample mean takes about
-        one block's worth more (factor 1 - b / n, as in batch means). Clipped to [1/2, 2] so that noise in the
-        estimates cannot dominate an interval."""
+        The circular block bootstrap's variance of the mean is about (sigma2 (1 - b/n) - G/b) / n: a Bartlett
+        window of width b over autocovariances taken around the sample mean, each about sigma2/n too small
+        (Kunsch 1989; Politis & White 2004, eq. 5). The flat-top sigma2 and G are taken around the sample mean
+        too, so they are first corrected for it: E[sigma2_hat] ~ sigma2 (1 - L0/n), E[G_hat] ~ G - sigma2 L1/n.
+        Clipped to [1/2, 2] so that noise in the estimates cannot dominate an interval."""
         if not (np.isfinite(self.sigma2) and np.isfinite(self.G)) or self.sigma2 <= 0 or block >= n:
             return 1.0
-        expected = (self.sigma2 - self.G / block) * (1.0 - block / n)
+        sigma2 = self.sigma2 / max(1.0 - self.L0 / n, 0.5)
+        G = self.G + sigma2 * self.L1 / n
+        expected = sigma2 * (1.0 - block / n) - G / block
         if expected <= 0:
             return 2.0
-        return float(min(2.0, max(0.5, self.sigma2 / expected)))
+        return float(min(2.0, max(0.5, sigma2 / expected)))
 
 
 def politis_white_block(x: np.ndarray) -> BlockChoice:
@@ -83,7 +89,8 @@ def politis_white_block(x: np.ndarray) -> BlockChoice:
         return BlockChoice(1.0, float(g0), float(G))
     b = (2.0 * G**2 / (4.0 / 3.0 * g0**2)) ** (1.0 / 3.0) * n ** (1.0 / 3.0)
     b = max(1.0, min(b, math.ceil(min(3 * math.sqrt(n), n / 3))))
-    return BlockChoice(float(b), float(g0), float(G))
+    L0, L1 = 1.0 + 2.0 * float(lam.sum()), 2.0 * float(np.sum(lam * k))
+    return BlockChoice(float(b), float(g0), float(G), L0, L1)
 
 
 def _doc_layout(doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,11 @@ assumes independent tokens. Tokens, and adjacent windows of one text, are not in
 intervals come from a circular block bootstrap over consecutive windows (`qsens.metrics.blocks`): the block
 length is chosen from the per-window Δloss series by Politis & White's rule, blocks stay inside one document,
 and each ratio-of-sums statistic is recomputed per replicate. The replicates' spread is then scaled by the
-block bootstrap's estimated variance bias (sigma2 / (sigma2 - G / b), from the same flat-top estimates),
-which brings coverage to nominal where strong correlation would otherwise leave it a few points short.
+block bootstrap's estimated variance bias (`BlockChoice.variance_bias_factor`, from the same flat-top
+estimates) and by a t quantile with W/b - 1 degrees of freedom: without them, coverage of AR(1) differences with
+strongly correlated windows fell to ~90% (tests/metrics/test_blocks.py measures it).
+
+Comparisons of two cells on the same tokens are paired too: `qsens.metrics.compare`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,42 @@ def _ratio(num: np.ndarray, den: np.ndarray, counts: np.ndarray, block: int,
     return est, est + math.sqrt(bias) * quantile_scale * (reps - est)
 
 
+def block_bootstrap(series: np.ndarray, doc: np.ndarray, samples: int, confidence: float, seed: int):
+    """Set up one block bootstrap over W windows; returns (ratio, block).
+
+    series: float64 [W], the per-window series that sets the block length; doc: int [W], document per window.
+    ratio(num, den) -> (sum(num) / sum(den), scaled replicates [samples]) for per-window sums num, den [W].
+    """
+    W = series.size
+    block = math.ceil(politis_white_block(series).block)
+    counts = block_resample_counts(doc, block, samples, seed)
+    # W / b blocks carry the information: widen as a t interval with W / b - 1 degrees of freedom would
+    # (batch means), since the bootstrap's spread is itself estimated from that few blocks
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    quantile_scale = float(stats.t.ppf(0.5 + confidence / 2, max(W / block - 1, 1)) / z)
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> tuple[float, np.ndarray]:
+        return _ratio(num, den, counts, block, quantile_scale)
+
+    return ratio, block
+
+
+def interval(reps: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates."""
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def window_sums(tokens: EvalTokens, ref: ReferenceScores, q: QuantizedScores) -> dict[str, np.ndarray]:
+    """Per-window sums a cell keeps for later paired comparisons: n_tokens, fp_nll, delta_nll (float64 [W]) and
+    doc (int64 [W])."""
+    w, W = tokens.window_index.numpy(), len(tokens.windows)
+    return {"n_tokens": np.bincount(w, minlength=W).astype(np.float64),
+            "fp_nll": np.bincount(w, weights=ref.nll, minlength=W),
+            "delta_nll": np.bincount(w, weights=q.nll - ref.nll, minlength=W), "doc": tokens.window_docs()}
+
+
 def sensitivity_metrics(tokens: EvalTokens, ref: ReferenceScores, q: QuantizedScores, *,
                         bootstrap_samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
     """All metrics of one cell as a flat dict of floats (CI bounds as `<name>_ci_low/high`)."""
@@ -53,16 +92,8 @@ def sensitivity_metrics(tokens: EvalTokens, ref: ReferenceScores, q: QuantizedSc
     n_bytes = per_window(tokens.target_bytes.numpy())
     fp_sum, q_sum = per_window(ref.nll), per_window(q.nll)
     # one block length per cell, from the series whose interval matters most (per-window mean Δloss)
-    block = math.ceil(politis_white_block((q_sum - fp_sum) / n_tok).block)
-    counts = block_resample_counts(tokens.window_docs(), block, bootstrap_samples, seed)
-
-    # W / b blocks carry the information: widen as a t interval with W / b - 1 degrees of freedom would
-    # (batch means), since the bootstrap's spread is itself estimated from that few blocks
-    z = stats.norm.ppf(0.5 + confidence / 2)
-    quantile_scale = float(stats.t.ppf(0.5 + confidence / 2, max(W / block - 1, 1)) / z)
-
-    def ratio(num: np.ndarray, den: np.ndarray) -> tuple[float, np.ndarray]:
-        return _ratio(num, den, counts, block, quantile_scale)
+    ratio, block = block_bootstrap((q_sum - fp_sum) / n_tok, tokens.window_docs(), bootstrap_samples, confidence,
+                                   seed)
 
     out: dict[str, float] = {}
     reps: dict[str, np.ndarray] = {}
@@ -87,8 +118,6 @@ def sensitivity_metrics(tokens: EvalTokens, ref: ReferenceScores, q: QuantizedSc
         out["q_word_perplexity"] = math.exp(q_sum.sum() / tokens.n_words)
     out.update(n_tokens=float(d.size), n_windows=float(W), n_bytes=float(n_bytes.sum()),
                bootstrap_block_windows=float(block), bootstrap_block_tokens=float(block * d.size / W))
-    alpha = 1.0 - confidence
     for name, r in reps.items():
-        lo, hi = np.quantile(r, [alpha / 2, 1 - alpha / 2])
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(lo), float(hi)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval(r, confidence)
     return out
