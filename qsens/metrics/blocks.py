@@ -117,6 +117,12 @@ def block_resample_counts(doc: np.ndarray, block: int, samples: int, seed: int) 
     p = 1.0 / length
     p /= p.sum()
     rng = np.random.default_rng(seed)
+    if np.all(n_doc == W):  # one document (a stream): k blocks of L windows, circular over all W
+        L = int(length[0])
+        starts = rng.integers(0, W, size=(samples, math.ceil(W / L)))
+        window = ((starts[:, :, None] + np.arange(L)) % W).reshape(samples, -1)[:, :W]
+        flat = window + (np.arange(samples) * W)[:, None]
+        return np.bincount(flat.ravel(), minlength=samples * W).reshape(samples, W)
     # enough blocks that every replicate reaches W windows: expected block length is W / sum(1 / length)
     per_sample = math.ceil(1.1 * (1.0 / length).sum()) + 4
     uniform = bool(np.all(length == length[0]))

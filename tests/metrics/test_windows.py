@@ -114,7 +114,7 @@ def test_protocol_hash_ignores_batch_size_but_not_windowing():
 def test_model_max_length_resolves_as_lm_eval_does():
     from types import SimpleNamespace
 
-    from lm_eval.models.utils import resolve_max_length
+    resolve_max_length = pytest.importorskip("lm_eval.models.utils").resolve_max_length
 
     from qsens.metrics.windows import model_max_length
 
