@@ -16,7 +16,7 @@ import io
 
 import numpy as np
 
-from qsens.metrics.paired import block_bootstrap, interval
+from qsens.metrics.paired import block_bootstrap, interval, min_block_windows
 
 FIELDS = ("n_tokens", "fp_nll", "delta_nll", "doc")
 # per-token means a comparison can difference: name -> per-window sum from the stored arrays
@@ -55,7 +55,7 @@ def paired_difference(a: dict, b: dict, metric: str = "delta_loss", *, samples: 
     sa, sb = decode_window_sums(a["window_sums"]), decode_window_sums(b["window_sums"])
     n = sa["n_tokens"]
     diff = _SUMS[metric](sa) - _SUMS[metric](sb)
-    ratio, block = block_bootstrap(diff / n, sa["doc"], samples, confidence, seed)
+    ratio, block = block_bootstrap(diff / n, sa["doc"], samples, confidence, seed, min_block_windows(n.sum(), n.size))
     est, reps = ratio(diff, n)
     lo, hi = interval(reps, confidence)
     return {"difference": est, "ci_low": lo, "ci_high": hi, "block_windows": block}

