@@ -5,8 +5,8 @@ per-token differences. Its naive standard error `delta_loss_se_iid` is llama.cpp
 --kl-divergence`: ln(PPL_q/PPL_fp) with var(q) + var(fp) - 2 cov(q, fp), i.e. var of the difference), which
 assumes independent tokens. Tokens, and adjacent windows of one text, are not independent, so the reported
 intervals come from a circular block bootstrap over consecutive windows (`qsens.metrics.blocks`): the block
-length is chosen from the per-window Δloss series by Politis & White's rule, blocks stay inside one document,
-and each ratio-of-sums statistic is recomputed per replicate. The replicates' spread is then scaled by the
+length is chosen from the per-window Δloss series by Politis & White's rule with a floor of MIN_BLOCK_TOKENS
+(below), blocks stay inside one document, and each ratio-of-sums statistic is recomputed per replicate. The replicates' spread is then scaled by the
 block bootstrap's estimated variance bias (`BlockChoice.variance_bias_factor`, from the same flat-top
 estimates) and by a t quantile with W/b - 1 degrees of freedom: without them, coverage of AR(1) differences with
 strongly correlated windows fell to ~90% (tests/metrics/test_blocks.py measures it).
@@ -31,7 +31,7 @@ CI_METRICS = ("fp_loss", "q_loss", "delta_loss", "ppl_ratio", "kl_mean", "top1_a
 # The block is at least MIN_BLOCK_TOKENS long (but leaves at least MIN_BLOCKS blocks): on the shipped micro
 # checkpoints the bootstrap standard error of Δloss keeps growing with the block up to 16 windows of 128 tokens in
 # 7 of 9 cells (3 sizes x 2/3/4 bits), where Politis-White's rule, blind to correlations below its
-# significance band, picks 2-3 windows (scripts/interval_widths.py, docs in the README's Metrics section).
+# significance band, picks 2-3 windows (measured with fixed blocks as in scripts/interval_widths.py).
 MIN_BLOCK_TOKENS = 2048
 MIN_BLOCKS = 16
 
