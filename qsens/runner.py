@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from qsens.families.loading import load_model, load_tokenizer
-from qsens.metrics.paired import sensitivity_metrics
+from qsens.metrics.compare import encode_window_sums
+from qsens.metrics.paired import sensitivity_metrics, window_sums
 from qsens.metrics.scoring import ReferenceScores, score_quantized, score_reference
 from qsens.metrics.text import read_text
-from qsens.metrics.windows import EvalTokens, build_eval_tokens
+from qsens.metrics.windows import EvalTokens, build_eval_tokens, model_max_length
 from qsens.quantizers import method_module
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
 from qsens.store.keys import cell_key, checkpoint_fingerprint
@@ -100,7 +101,8 @@ class _Checkpoint:
 
     def reference(self, ev: EvalText) -> tuple[EvalTokens, ReferenceScores]:
         if ev.name not in self.refs:
-            tokens = build_eval_tokens(read_text(ev.path), self.tokenizer, ev.protocol)
+            tokens = build_eval_tokens(read_text(ev.path), self.tokenizer, ev.protocol,
+                                       model_max_length(self.model.config, self.tokenizer))
             ref = score_reference(self.model, tokens, self.device, ev.protocol.batch_size,
                                   keep_logits="kl" in self.suite.spec.metrics)
             if not np.isfinite(ref.nll).all():
@@ -134,7 +136,7 @@ def _score_cell(state: _Checkpoint, result: QuantResult, cell: Cell) -> dict:
     boot = state.suite.spec.bootstrap
     metrics = sensitivity_metrics(tokens, ref, q, bootstrap_samples=boot.samples, confidence=boot.confidence,
                                   seed=state.suite.spec.seed)
-    return {**metrics, "tokens_digest": tokens.digest}
+    return {**metrics, "tokens_digest": tokens.digest, "window_sums": encode_window_sums(window_sums(tokens, ref, q))}
 
 
 def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: torch.device,

@@ -54,7 +54,10 @@ def test_run_stores_every_cell_with_sane_numbers(suite_file, tmp_path, monkeypat
         assert two["tokens_digest"] == eight["tokens_digest"]  # the same token ids scored
         assert two["fp_loss"] == eight["fp_loss"]
         assert two["delta_loss"] > eight["delta_loss"] >= -1e-3
-        assert two["delta_loss_ci_low"] > 0
+        # 64 windows of 32 tokens: the block bootstrap's interval is honest about their correlation and may reach 0
+        # for this tiny model, so only its consistency is asserted here (coverage: tests/metrics/test_blocks.py)
+        assert two["delta_loss_ci_low"] <= two["delta_loss"] <= two["delta_loss_ci_high"]
+        assert two["delta_loss_ci_high"] > 0 and two["bootstrap_block_windows"] >= 1
         assert 0 < eight["kl_mean"] < two["kl_mean"] and eight["top1_agree"] > two["top1_agree"]
         assert none["status"] == "failed" and "no Linear layer left" in none["error"]
         assert two["torch_version"] and two["device"].startswith("cpu") and two["backend"] == "torch"

@@ -25,10 +25,15 @@ def split_documents(text: str, split: str) -> list[str]:
 
     none: the whole file is one document.
     lines: every line (without its newline), empty lines included, as a `datasets` text loader yields them.
-    lines_keepends: every line with its trailing newline, as HF's `wikitext-2-raw-v1` rows (GPTQ joins these).
+    lines_keepends: every line with its trailing newline.
+    hf_rows: the rows of HF `wikitext` (`wikitext-2-raw-v1`, what GPTQ joins with "\n\n"): every line with its
+        trailing newline, but a whitespace-only line is the empty string (the dataset script yields "" for it).
     blank_lines: paragraphs separated by one or more blank lines, surrounding whitespace stripped.
-    wikitext_articles: one document per article, starting at each top-level heading line ' = Title = ',
-        as in EleutherAI/wikitext_document_level (what lm-eval's `wikitext` task scores).
+    wikitext_articles: the pages of EleutherAI/wikitext_document_level (what lm-eval's `wikitext` task scores):
+        the file split on "\n"; a line that, with "= = =" -> "===", "= =" -> "==" and stripped, starts with "= " and
+        ends with " =" opens a new page; a page is its lines joined by "\n" (so no newline after its last line,
+        except the file's last page, whose last line is the empty string after the final newline); pages that
+        are only whitespace are dropped, except the last.
     """
     if split == "none":
         return [text]
@@ -36,15 +41,24 @@ def split_documents(text: str, split: str) -> list[str]:
         return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
     if split == "lines_keepends":
         return text.splitlines(keepends=True)
+    if split == "hf_rows":  # file iteration: lines end at "\n" only
+        parts = text.split("\n")
+        rows = [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+        return [row if row.strip() else "" for row in rows]
     if split == "blank_lines":
         return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     if split == "wikitext_articles":
-        docs: list[list[str]] = []
-        for line in text.splitlines(keepends=True):
-            if _ARTICLE_HEADING.match(line.rstrip("\n")) or not docs:
-                docs.append([])
-            docs[-1].append(line)
-        return ["".join(d) for d in docs if "".join(d).strip()]
+        pages, lines = [], []
+        for line in text.split("\n"):
+            rline = line.replace("= = =", "===").replace("= =", "==").strip()
+            if rline.startswith("= ") and rline.endswith(" ="):
+                page = "\n".join(lines)
+                if page.strip():
+                    pages.append(page)
+                lines = []
+            lines.append(line)
+        pages.append("\n".join(lines))
+        return pages
     raise ValueError(f"unknown split {split!r}")
 
 
@@ -66,11 +80,15 @@ def wikitext_detokenize(text: str) -> str:
     return s
 
 
-def documents_for(text: str, protocol: Protocol) -> list[str]:
-    """The texts that are tokenized: one joined stream, or the documents themselves."""
-    docs = split_documents(text, protocol.split)
-    if protocol.detokenize == "wikitext":
-        docs = [wikitext_detokenize(d) for d in docs]
+def documents_for(text: str, protocol: Protocol, with_source: bool = False) -> list:
+    """The texts that are tokenized: one joined stream, or the documents themselves (empty ones dropped).
+
+    with_source (documents only): (text to tokenize, the document before detokenization) pairs.
+    """
+    sources = split_documents(text, protocol.split)
+    docs = [wikitext_detokenize(d) for d in sources] if protocol.detokenize == "wikitext" else sources
     if protocol.unit == "stream":
         return [protocol.joiner.join(docs)]
+    if with_source:
+        return [(d, src) for d, src in zip(docs, sources) if d]
     return [d for d in docs if d]

@@ -57,10 +57,12 @@ class EvalTokens:
     windows: per window (input_ids int64 [L_k], first_logit, n_targets): logits first_logit..first_logit+n_targets-1
         of the window predict its targets, in order.
     targets: int64 [T], every scored token id, in window order.
-    target_bytes: int64 [T], UTF-8 bytes of text each target token stands for (prefix tokens: 0).
-    window_index: int64 [T], which window scored each target (the block for the bootstrap).
-    n_words: whitespace-separated words in the documents (meaningful when every token is scored).
+    target_bytes: int64 [T], UTF-8 bytes each target stands for (see `_span_counts`; prefix tokens: 0).
+    window_index: int64 [T], which window scored each target (the unit the block bootstrap resamples).
+    n_words: words in exactly the scored span (protocol `counts` says which text they are counted on).
     digest: sha256 over every window's ids and targets: equal digests mean identical scored tokens.
+    window_doc: int64 [W], the document each window belongs to (None: one document); bootstrap blocks never
+        cross from one document to the next.
     """
 
     windows: list[tuple[torch.Tensor, int, int]]
@@ -69,68 +71,137 @@ class EvalTokens:
     window_index: torch.Tensor
     n_words: int
     digest: str
+    window_doc: np.ndarray | None = None
 
     @property
     def n_targets(self) -> int:
         return int(self.targets.numel())
 
+    def window_docs(self) -> np.ndarray:
+        """int64 [W]: document of each window (all 0 when the text is one stream)."""
+        if self.window_doc is None:
+            return np.zeros(len(self.windows), dtype=np.int64)
+        return np.asarray(self.window_doc, dtype=np.int64)
 
-def _token_bytes(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
-    """Bytes per token: token i owns the text from its start offset to the next token's start."""
+
+def _span_counts(text: str, offsets: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes and word starts each token stands for: int64 [n] each.
+
+    Token i owns the text from its start offset to the next token's start (the first token from 0, the last to
+    the end), so the counts of any set of tokens are those of exactly the text they cover. A word is a maximal
+    run of non-whitespace; it belongs to the token that covers its first character.
+    """
     if not offsets:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     starts = np.array([s for s, _ in offsets], dtype=np.int64)
     starts[0] = 0
+    starts = np.maximum.accumulate(starts)  # special tokens carry (0, 0) offsets: they own no text
     if text.isascii():
         byte_at = np.arange(len(text) + 1, dtype=np.int64)
     else:
         byte_at = np.concatenate([[0], np.cumsum([len(c.encode("utf-8")) for c in text])]).astype(np.int64)
-    bounds = np.concatenate([byte_at[starts], [byte_at[-1]]])
-    return np.diff(bounds)
+    bounds = np.concatenate([starts, [len(text)]])
+    word_starts = np.array([m.start() for m in re.finditer(r"\S+", text)], dtype=np.int64)
+    words_before = np.searchsorted(word_starts, bounds, side="left")
+    return np.diff(byte_at[bounds]), np.diff(words_before)
+
+
+def source_counts(page: str) -> tuple[int, int]:
+    r"""lm-evaluation-harness `wikitext` process_results: (UTF-8 bytes, len(re.split(r"\s+", page))) of the page
+    before detokenization. The split counts 1 + the number of whitespace runs, so leading/trailing whitespace
+    adds an empty 'word', as it does there."""
+    return len(page.encode("utf-8")), len(re.split(r"\s+", page))
+
+
+TOKENIZER_UNSET_LENGTH = int(1e30)  # transformers' VERY_LARGE_INTEGER: model_max_length not configured
+
+
+def model_max_length(config, tokenizer, default: int = 2048) -> int:
+    """The model's maximum context, as lm-eval 0.4.13 `resolve_max_length` finds it: the (text) config's
+    n_positions, max_position_embeddings or n_ctx, else the tokenizer's model_max_length when set, else 2048."""
+    cfg = getattr(config, "text_config", None) or config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if value is not None:
+            return int(value)
+    value = getattr(tokenizer, "model_max_length", None)
+    return int(value) if value is not None and value != TOKENIZER_UNSET_LENGTH else default
 
 
 def _prefix_id(tokenizer, prefix: str) -> int | None:
     if prefix == "none":
         return None
+    if prefix == "bos_or_eos":  # lm-eval HFLM.prefix_token_id
+        prefix = "bos" if tokenizer.bos_token_id is not None else "eos"
     token_id = tokenizer.bos_token_id if prefix == "bos" else tokenizer.eos_token_id
     if token_id is None:
         raise ValueError(f"protocol prefix '{prefix}' but the tokenizer has no {prefix} token")
     return int(token_id)
 
 
-def _encode(tokenizer, doc: str) -> tuple[list[int], np.ndarray]:
+def _encode(tokenizer, doc: str, special_tokens: bool) -> tuple[list[int], np.ndarray, np.ndarray]:
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("qsens needs a fast (Rust) tokenizer for byte offsets; this checkpoint's is slow")
-    enc = tokenizer(doc, add_special_tokens=False, return_offsets_mapping=True)
-    return list(enc["input_ids"]), _token_bytes(doc, enc["offset_mapping"])
+    enc = tokenizer(doc, add_special_tokens=special_tokens, return_offsets_mapping=True)
+    return (list(enc["input_ids"]), *_span_counts(doc, enc["offset_mapping"]))
 
 
-def build_eval_tokens(text: str, tokenizer, protocol: Protocol) -> EvalTokens:
-    """Tokenize `text` and lay out its scoring windows; raises ValueError if nothing would be scored."""
+def _documents(text: str, protocol: Protocol) -> list[tuple[str, str]]:
+    """(text to tokenize, text it came from before detokenization) per document."""
+    if protocol.counts == "source":
+        if protocol.unit != "document":
+            raise ValueError("protocol counts: 'source' needs unit: document (counts are per source document)")
+        return [(d, src) for d, src in documents_for(text, protocol, with_source=True)]
+    return [(d, d) for d in documents_for(text, protocol)]
+
+
+def build_eval_tokens(text: str, tokenizer, protocol: Protocol, model_max_length: int | None = None) -> EvalTokens:
+    """Tokenize `text` and lay out its scoring windows; raises ValueError if nothing would be scored.
+
+    model_max_length: the model's context (`model_max_length`), needed when protocol.context_length is 'model'.
+    Bytes and words are counted over exactly the scored tokens' text; with `counts: source` (lm-eval) over whole
+    source documents instead, so max_tokens then keeps whole documents only.
+    """
+    protocol = protocol.resolved(model_max_length)
     prefix = _prefix_id(tokenizer, protocol.prefix)
     budget = protocol.max_tokens
-    windows, targets, tbytes, widx, n_words = [], [], [], [], 0
+    windows, targets, tbytes, widx, wdoc, n_words = [], [], [], [], [], 0
     digest = hashlib.sha256()
-    for doc in documents_for(text, protocol):
-        ids, nbytes = _encode(tokenizer, doc)
+    for d, (doc, source) in enumerate(_documents(text, protocol)):
+        ids, nbytes, nwords = _encode(tokenizer, doc, protocol.add_special_tokens)
         if prefix is not None:
-            ids, nbytes = [prefix] + ids, np.concatenate([[0], nbytes])
+            ids, nbytes, nwords = [prefix] + ids, np.concatenate([[0], nbytes]), np.concatenate([[0], nwords])
         if budget is not None:
-            ids, nbytes = ids[:budget], nbytes[:budget]
+            if protocol.counts == "source" and len(ids) > budget:
+                break  # source counts are per whole document: never score part of one
+            ids, nbytes, nwords = ids[:budget], nbytes[:budget], nwords[:budget]
             budget -= len(ids)
-        n_words += len(re.split(r"\s+", doc.strip())) if doc.strip() else 0
         seq = torch.tensor(ids, dtype=torch.int64)
-        for p in plan_windows(len(ids), protocol.context_length, protocol.effective_stride, protocol.last_logit,
-                              protocol.drop_last, protocol.align_last):
+        plans = plan_windows(len(ids), protocol.context_length, protocol.effective_stride, protocol.last_logit,
+                             protocol.drop_last, protocol.align_last)
+        if protocol.counts == "source" and plans:
+            if prefix is None or sum(p.t_hi - p.t_lo for p in plans) != len(ids) - 1:
+                raise ValueError("protocol counts: 'source' needs a prefix token and every token of each document "
+                                 "scored (drop_last: false)")
+            # the difference between the source's counts and the tokenized text's rides on the first target
+            src_bytes, src_words = source_counts(source)
+            first = plans[0].t_lo
+            nbytes = np.array(nbytes, dtype=np.int64)
+            nwords = np.array(nwords, dtype=np.int64)
+            nbytes[first] += src_bytes - nbytes[first:].sum()
+            nwords[first] += src_words - nwords[first:].sum()
+        for p in plans:
             inp = seq[p.start : p.end]
             windows.append((inp, p.t_lo - p.start - 1, p.t_hi - p.t_lo))
             targets.append(seq[p.t_lo : p.t_hi])
             tbytes.append(torch.from_numpy(np.asarray(nbytes[p.t_lo : p.t_hi], dtype=np.int64)))
+            n_words += int(np.sum(nwords[p.t_lo : p.t_hi]))
             widx.append(torch.full((p.t_hi - p.t_lo,), len(windows) - 1, dtype=torch.int64))
+            wdoc.append(d)
             digest.update(inp.numpy().tobytes() + b"|" + targets[-1].numpy().tobytes() + b"#")
         if budget is not None and budget <= 0:
             break
     if not windows:
         raise ValueError("the eval text yields no scored token under this protocol (text too short for drop_last?)")
     return EvalTokens(windows, torch.cat(targets), torch.cat(tbytes), torch.cat(widx), n_words,
-                      digest.hexdigest()[:16])
+                      digest.hexdigest()[:16], np.asarray(wdoc, dtype=np.int64))

@@ -30,10 +30,12 @@ OUTCOME = [
     ("status", "TEXT NOT NULL"), ("error", "TEXT"), ("seconds", "REAL"), ("quant_seconds", "REAL"),
     ("effective_bits", "REAL"), ("layers_quantized", "INTEGER"), ("backend", "TEXT"),
     ("peak_memory_bytes", "INTEGER"), ("details_json", "TEXT"), ("attempts", "INTEGER DEFAULT 0"),
+    ("window_sums", "TEXT"),  # per-window sums for paired comparisons (qsens.metrics.compare)
 ]
 EXTRA_METRICS = [
     "delta_loss_se_iid", "fp_ppl", "q_ppl", "fp_bits_per_byte", "kl_p50", "kl_p90", "kl_p95", "kl_p99", "kl_max",
     "fp_word_perplexity", "q_word_perplexity", "n_tokens", "n_windows", "n_bytes",
+    "bootstrap_block_windows", "bootstrap_block_tokens",
 ]
 METRIC_COLUMNS = [c for m in CI_METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")] + EXTRA_METRICS
 PROVENANCE = [

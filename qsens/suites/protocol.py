@@ -14,7 +14,14 @@ Windowing, for one token sequence x[0..T) (a whole stream, or one document):
         after it, so with stride == context_length every token after the first is scored;
     `drop_last`: keep only full windows (GPTQ drops the ragged tail);
     `align_last`: instead, shift a short last window left so it has a full context (lm-eval);
-    `prefix`: a BOS/EOS token prepended to each sequence so that its first real token is scored too.
+    `prefix`: a BOS/EOS token prepended to each sequence so that its first real token is scored too
+        (`bos_or_eos`: BOS when the tokenizer has one, else EOS, as lm-eval's HFLM);
+    `context_length: model`: the model's maximum length (config n_positions / max_position_embeddings / n_ctx,
+        else the tokenizer's model_max_length, else 2048: lm-eval's `resolve_max_length`).
+
+Bytes and words (bits/byte, word perplexity) are counted over exactly the scored span: the text of the scored
+tokens (`counts: scored`), or, as lm-eval's `wikitext` task does, the whole source documents before
+detokenization (`counts: source`), which is the scored span only when every token of each document is scored.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Bump when the meaning of a stored metric changes, so old cells are never reused for the new meaning.
-METRICS_VERSION = 1
+# 2: circular block bootstrap with a data-chosen block length; words/bytes over the scored span; wikitext_articles
+#    as the HF document-level dataset splits it.
+METRICS_VERSION = 2
 
 
 class Protocol(BaseModel):
@@ -35,51 +44,74 @@ class Protocol(BaseModel):
     unit: Literal["stream", "document"] = Field(
         "stream", description="score one concatenated stream, or each document on its own (no cross-document context)"
     )
-    split: Literal["none", "lines", "lines_keepends", "blank_lines", "wikitext_articles"] = Field(
+    split: Literal["none", "lines", "lines_keepends", "hf_rows", "blank_lines", "wikitext_articles"] = Field(
         "none", description="how the file is cut into documents before joining or per-document scoring"
     )
     joiner: str = Field("\n\n", description="separator between documents when unit is 'stream'")
     detokenize: Literal["none", "wikitext"] = "none"
-    context_length: int = Field(128, ge=2)
+    context_length: int | Literal["model"] = Field(128, description="tokens per window, or 'model': its maximum")
     stride: int | None = Field(None, ge=1, description="defaults to context_length (non-overlapping windows)")
     last_logit: bool = False
     drop_last: bool = False
     align_last: bool = Field(False, description="shift a short last window left to a full context (lm-eval)")
-    prefix: Literal["none", "bos", "eos"] = "none"
+    prefix: Literal["none", "bos", "eos", "bos_or_eos"] = "none"
+    add_special_tokens: bool = Field(False, description="tokenize with the tokenizer's own special tokens "
+                                                           "(lm-eval's tok_encode does)")
+    counts: Literal["scored", "source"] = Field(
+        "scored", description="bytes/words over the scored tokens' text, or over whole source documents (lm-eval)"
+    )
     max_tokens: int | None = Field(None, ge=2, description="cap on tokens fed (stream) or summed over documents")
     batch_size: int = Field(8, ge=1, description="windows per forward pass; does not change any number")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "Protocol":
+        if isinstance(self.context_length, int) and self.context_length < 2:
+            raise ValueError(f"context_length must be >= 2 or 'model', got {self.context_length}")
+        if self.context_length == "model" and self.stride is not None:
+            raise ValueError("stride needs a numeric context_length (with 'model' windows do not overlap)")
         if self.stride is not None and self.stride > self.context_length:
             raise ValueError(f"stride ({self.stride}) must be <= context_length ({self.context_length})")
         return self
 
     @property
     def effective_stride(self) -> int:
+        if self.context_length == "model":
+            raise ValueError("context_length 'model' is not resolved yet (Protocol.resolved)")
         return self.stride or self.context_length
+
+    def resolved(self, model_max_length: int | None) -> "Protocol":
+        """This protocol with context_length 'model' replaced by the model's maximum length."""
+        if self.context_length != "model":
+            return self
+        if model_max_length is None:
+            raise ValueError("protocol context_length is 'model' but the model's maximum length was not given")
+        return self.model_copy(update={"context_length": int(model_max_length)})
 
     def hash(self) -> str:
         """Hash of everything that can change a number (batch_size cannot)."""
         fields = self.model_dump(exclude={"batch_size"})
-        fields["stride"] = self.effective_stride
+        fields["stride"] = self.stride if self.context_length == "model" else self.effective_stride
         fields["metrics_version"] = METRICS_VERSION
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 PRESETS: dict[str, dict] = {
-    # GPTQ (IST-DASLab/gptq datautils.get_wikitext2 + llama_eval): test rows joined with "\n\n" into one stream,
+    # GPTQ (IST-DASLab/gptq datautils.get_wikitext2 + llama_eval): HF wikitext-2-raw-v1 test rows joined with
+    # "\n\n" into one stream, tokenized with the tokenizer's special tokens (a LLaMA/OPT BOS at the start),
     # non-overlapping 2048-token windows, ragged tail dropped, first token of each window unscored.
     "gptq": dict(
-        unit="stream", split="lines_keepends", joiner="\n\n", context_length=2048,
-        last_logit=False, drop_last=True, prefix="none",
+        unit="stream", split="hf_rows", joiner="\n\n", context_length=2048,
+        last_logit=False, drop_last=True, prefix="none", add_special_tokens=True,
     ),
-    # lm-evaluation-harness `wikitext` task: one document per article, wikitext detokenizer, EOT prefix token,
-    # rolling windows of the model's max length where every token is scored once; word/byte perplexity, bpb.
+    # lm-evaluation-harness 0.4.13 `wikitext` task: one document per page of EleutherAI/wikitext_document_level,
+    # wikitext detokenizer, tokenized as HFLM.tok_encode does (special tokens on), BOS prefix (EOS without one),
+    # rolling windows of the model's max length where every token is scored once; words and bytes of the
+    # original page (process_results).
     "lm-eval": dict(
-        unit="document", split="wikitext_articles", detokenize="wikitext", context_length=2048,
-        last_logit=True, drop_last=False, align_last=True, prefix="eos",
+        unit="document", split="wikitext_articles", detokenize="wikitext", context_length="model",
+        last_logit=True, drop_last=False, align_last=True, prefix="bos_or_eos", add_special_tokens=True,
+        counts="source",
     ),
     # qsens default for small models: one stream, non-overlapping windows, every window's first token context.
     "qsens": dict(unit="stream", split="none", context_length=128, last_logit=False),

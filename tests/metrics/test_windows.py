@@ -84,9 +84,10 @@ def test_bytes_of_scored_tokens_cover_each_document_when_every_token_is_scored()
                      align_last=True, prefix="eos")
     tokens = build_eval_tokens(text, CharTokenizer(), proto)
     docs = split_documents(text, "wikitext_articles")
-    assert len(docs) == 2
-    assert int(tokens.target_bytes.sum()) == len(text.encode("utf-8"))
-    assert tokens.n_targets == len(text)  # every character scored once (prefix gives the first its context)
+    assert docs == [" = A = \nvoilà café", " = B = \nnaïve ok\n"]  # pages joined by "\n", as the HF split
+    assert int(tokens.target_bytes.sum()) == sum(len(d.encode("utf-8")) for d in docs)
+    assert tokens.n_targets == sum(map(len, docs))  # every character scored once (prefix gives the first its context)
+    assert tokens.n_words == 10  # "=", "A", "=", "voilà", "café", "=", "B", "=", "naïve", "ok"
 
 
 def test_stream_protocol_respects_max_tokens_and_joiner():
@@ -108,3 +109,36 @@ def test_protocol_hash_ignores_batch_size_but_not_windowing():
     assert a.hash() == Protocol(context_length=64, stride=64).hash()
     assert a.hash() != Protocol(context_length=64, stride=32).hash()
     assert a.hash() != Protocol(context_length=64, prefix="bos").hash()
+
+
+def test_model_max_length_resolves_as_lm_eval_does():
+    from types import SimpleNamespace
+
+    resolve_max_length = pytest.importorskip("lm_eval.models.utils").resolve_max_length
+
+    from qsens.metrics.windows import model_max_length
+
+    cases = [(SimpleNamespace(n_positions=1024, max_position_embeddings=2048), SimpleNamespace(model_max_length=10)),
+             (SimpleNamespace(max_position_embeddings=128), SimpleNamespace(model_max_length=int(1e30))),
+             (SimpleNamespace(text_config=SimpleNamespace(n_ctx=77)), SimpleNamespace(model_max_length=5)),
+             (SimpleNamespace(), SimpleNamespace(model_max_length=4096)),
+             (SimpleNamespace(), SimpleNamespace(model_max_length=int(1e30)))]
+    for config, tok in cases:
+        assert model_max_length(config, tok) == resolve_max_length(config, tok, default=2048)
+
+
+def test_lm_eval_prefix_is_bos_else_eos_and_context_is_the_models():
+    class NoBos(CharTokenizer):
+        bos_token_id = None
+        eos_token_id = 3
+
+    proto = resolve_protocol("lm-eval", {})
+    text = " = A = \nabcdefghij"
+    with pytest.raises(ValueError, match="maximum length"):
+        build_eval_tokens(text, CharTokenizer(), proto)
+    tokens = build_eval_tokens(text, NoBos(), proto, model_max_length=4)
+    assert tokens.windows[0][0].tolist()[0] == 3  # EOS when there is no BOS (lm-eval HFLM.prefix_token_id)
+    assert max(len(w[0]) for w in tokens.windows) == 4
+    assert tokens.n_targets == len(wikitext_detokenize(text))  # every token of the detokenized page scored
+    # words and bytes of the source page (lm-eval process_results): re.split gives '', '=', 'A', '=', 'abcdefghij'
+    assert tokens.n_words == 5 and int(tokens.target_bytes.sum()) == len(text)
