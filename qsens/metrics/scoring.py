@@ -1,9 +1,10 @@
-"""Forward passes: per-token losses of the full-precision model (once per checkpoint) and of each quantized one.
+"""Forward passes: per-token losses of a full-precision model and of quantized ones, scored on the same batches.
 
-The full-precision pass keeps, per scored token, its loss, its argmax and (for KL) its logits [T, vocab] float32
-with their float64 log-sum-exp: in memory when small, else in a memory-mapped temp file (as llama.cpp's
-`--kl-divergence-base` file does), so the full-precision model runs once per checkpoint and eval, however many
-quantizers follow.
+No [T, V] logits are ever stored. `score_together` runs, for every batch of windows, the full-precision model
+once and then each resident quantized model on the same input ids, and compares the logits while both are in
+memory: a suite of k quantizers costs one full-precision pass plus k quantized passes per group of models that
+fit in memory at once, and its memory is (models + one batch of logits), independent of the eval length T.
+(The earlier design kept fp logits [T, V] float32 for KL: ~60 GB of temp file at V = 50,304 and T = 300K.)
 
 Precision: KL(fp || q) with d = z_fp - z_q (logits) is evaluated as
     KL = sum_v p_v d_v + log1p(sum_v p_v expm1(-d_v)),
@@ -15,36 +16,35 @@ random and averages out of every mean reported.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Hashable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from qsens.metrics.windows import EvalTokens
 
-IN_MEMORY_LIMIT_BYTES = int(os.environ.get("QSENS_KL_IN_MEMORY_BYTES", 2 * 1024**3))
+# Rows of [n, V] logits per KL evaluation: bounds its float32 temporaries (~5 x rows x V x 4 bytes).
+KL_ROWS = 256
 
 
 @dataclass
 class ReferenceScores:
-    """Full-precision pass. nll, lse: float64 [T]; argmax: int64 [T]; logits: float32 [T, V] or None."""
+    """Full-precision pass. nll, lse: float64 [T]; argmax: int64 [T].
+
+    model: the full-precision model itself when KL is wanted (`score_quantized` recomputes its logits on each
+    batch), else None.
+    """
 
     nll: np.ndarray
     argmax: np.ndarray
-    logits: np.ndarray | None
+    model: torch.nn.Module | None
     lse: np.ndarray
     tokens_digest: str
-    _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     def close(self) -> None:
-        self.logits = None
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
+        self.model = None
 
 
 @dataclass
@@ -66,71 +66,124 @@ def _batches(tokens: EvalTokens, batch_size: int) -> Iterator[list[int]]:
             yield idx[s : s + batch_size]
 
 
-def _window_logits(model, tokens: EvalTokens, device: torch.device, batch_size: int):
-    """Yield (target slice [a, b) into tokens.targets, logits float32 [n, V], their logsumexp float64 [n])."""
+def _scored_logits(model, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """float32 [n, V]: the logits at (window row, position) pairs that predict scored targets."""
+    return model(input_ids=ids).logits[rows, cols].float()
+
+
+def _batch_plan(tokens: EvalTokens, batch_size: int, device: torch.device):
+    """Yield (input ids [B, L] on device, rows [n], cols [n], target indices [n] into tokens.targets)."""
     starts = np.concatenate([[0], np.cumsum([n for _, _, n in tokens.windows])])
-    with torch.inference_mode():
-        for batch in _batches(tokens, batch_size):
-            ids = torch.stack([tokens.windows[i][0] for i in batch]).to(device)
-            logits = model(input_ids=ids).logits.float()
-            lse = torch.logsumexp(logits, dim=-1).double()  # one call per batch: per-row calls cost more than the math
-            for row, i in enumerate(batch):
-                _, first, n = tokens.windows[i]
-                yield int(starts[i]), int(starts[i + 1]), logits[row, first : first + n], lse[row, first : first + n]
+    for batch in _batches(tokens, batch_size):
+        ids = torch.stack([tokens.windows[i][0] for i in batch]).to(device)
+        rows, cols, idx = [], [], []
+        for row, i in enumerate(batch):
+            _, first, n = tokens.windows[i]
+            rows.append(np.full(n, row))
+            cols.append(np.arange(first, first + n))
+            idx.append(np.arange(starts[i], starts[i] + n))
+        rows_t = torch.from_numpy(np.concatenate(rows)).to(device)
+        cols_t = torch.from_numpy(np.concatenate(cols)).to(device)
+        yield ids, rows_t, cols_t, np.concatenate(idx)
 
 
-def _nll(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
-    return (lse - z.gather(1, targets[:, None].to(z.device))[:, 0].double()).cpu().numpy()
+def _nll_lse(z: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """float64 [n] losses and log-sum-exps of float32 logits [n, V] at int64 targets [n]."""
+    lse = torch.logsumexp(z, dim=-1).double()  # one call per batch: per-row calls cost more than the math
+    nll = lse - z.gather(1, targets[:, None].to(z.device))[:, 0].double()
+    return nll.cpu().numpy(), lse.cpu().numpy()
 
 
 def kl_divergence(z_fp: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(z_fp) || softmax(z_q)) per row: float32 logits [n, V] -> float64 [n] (see the module docstring)."""
-    p = torch.softmax(z_fp, dim=-1)
-    d = z_fp - z_q
-    kl = (p * d).sum(-1, dtype=torch.float64) + torch.log1p((p * torch.expm1(-d)).sum(-1, dtype=torch.float64))
-    bad = ~torch.isfinite(kl)
-    if bad.any():  # expm1 overflowed (a logit of q far above fp's): the direct float64 form is safe there
-        lp, lq = torch.log_softmax(z_fp[bad].double(), -1), torch.log_softmax(z_q[bad].double(), -1)
-        kl[bad] = (lp.exp() * (lp - lq)).sum(-1)
-    return kl
+    """KL(softmax(z_fp) || softmax(z_q)) per row: float32 logits [n, V] -> float64 [n] (see the module docstring).
+
+    Rows are taken KL_ROWS at a time so the temporaries stay bounded whatever n is.
+    """
+    out = torch.empty(z_fp.shape[0], dtype=torch.float64, device=z_fp.device)
+    for s in range(0, z_fp.shape[0], KL_ROWS):
+        a, b = z_fp[s : s + KL_ROWS], z_q[s : s + KL_ROWS]
+        p = torch.softmax(a, dim=-1)
+        d = a - b
+        kl = (p * d).sum(-1, dtype=torch.float64) + torch.log1p((p * torch.expm1(-d)).sum(-1, dtype=torch.float64))
+        bad = ~torch.isfinite(kl)
+        if bad.any():  # expm1 overflowed (a logit of q far above fp's): the direct float64 form is safe there
+            lp, lq = torch.log_softmax(a[bad].double(), -1), torch.log_softmax(b[bad].double(), -1)
+            kl[bad] = (lp.exp() * (lp - lq)).sum(-1)
+        out[s : s + KL_ROWS] = kl
+    return out
+
+
+def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], tokens: EvalTokens,
+                   device: torch.device, batch_size: int = 8, kl: bool = True
+                   ) -> tuple[ReferenceScores, dict[Hashable, QuantizedScores | BaseException]]:
+    """One sweep over the windows: per batch, the fp model, then every quantized model on the same ids.
+
+    Returns the fp scores (model=fp_model when kl) and, per key of `q_models`, its scores or the exception its
+    forward raised (that model is dropped from the rest of the sweep; the others go on).
+    """
+    T = tokens.n_targets
+    fp_nll, fp_lse, fp_argmax = np.empty(T), np.empty(T), np.empty(T, dtype=np.int64)
+    q_nll = {k: np.empty(T) for k in q_models}
+    q_agree = {k: np.empty(T, dtype=bool) for k in q_models}
+    q_kl = {k: np.empty(T) for k in q_models} if kl else {}
+    failed: dict[Hashable, BaseException] = {}
+    with torch.inference_mode():
+        for ids, rows, cols, idx in _batch_plan(tokens, batch_size, device):
+            targets = tokens.targets[idx]
+            z_fp = _scored_logits(fp_model, ids, rows, cols)
+            fp_nll[idx], fp_lse[idx] = _nll_lse(z_fp, targets)
+            am_fp = z_fp.argmax(dim=-1)
+            fp_argmax[idx] = am_fp.cpu().numpy()
+            for key, model in q_models.items():
+                if key in failed:
+                    continue
+                try:
+                    z_q = _scored_logits(model, ids.to(_device_of(model, device)), rows, cols).to(z_fp.device)
+                    q_nll[key][idx] = _nll_lse(z_q, targets)[0]
+                    q_agree[key][idx] = (z_q.argmax(dim=-1) == am_fp).cpu().numpy()
+                    if kl:
+                        q_kl[key][idx] = kl_divergence(z_fp, z_q).cpu().numpy()
+                    del z_q
+                except Exception as exc:  # noqa: BLE001 - one broken quantized model must not stop the others
+                    failed[key] = exc
+    ref = ReferenceScores(fp_nll, fp_argmax, fp_model if kl else None, fp_lse, tokens.digest)
+    out: dict[Hashable, QuantizedScores | BaseException] = {
+        k: failed.get(k) or QuantizedScores(q_nll[k], q_kl.get(k), q_agree[k]) for k in q_models
+    }
+    return ref, out
+
+
+def _device_of(model: torch.nn.Module, default: torch.device) -> torch.device:
+    """Where a model's input ids must go: its first parameter's device (a sharded model takes them there)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else default
 
 
 def score_reference(model, tokens: EvalTokens, device: torch.device, batch_size: int = 8,
                     keep_logits: bool = True) -> ReferenceScores:
-    """Run the full-precision model once over every window."""
-    T = tokens.n_targets
-    nll, lse_all = np.empty(T, dtype=np.float64), np.empty(T, dtype=np.float64)
-    argmax = np.empty(T, dtype=np.int64)
-    store, tmpdir = None, None
-    for a, b, z, lse in _window_logits(model, tokens, device, batch_size):
-        if store is None and keep_logits:
-            shape = (T, z.shape[-1])
-            if T * z.shape[-1] * 4 <= IN_MEMORY_LIMIT_BYTES:
-                store = np.empty(shape, dtype=np.float32)
-            else:
-                tmpdir = tempfile.TemporaryDirectory(prefix="qsens-fp-logits-")
-                store = np.lib.format.open_memmap(os.path.join(tmpdir.name, "logits.npy"), "w+", np.float32, shape)
-        nll[a:b] = _nll(z, lse, tokens.targets[a:b])
-        lse_all[a:b] = lse.cpu().numpy()
-        argmax[a:b] = z.argmax(dim=-1).cpu().numpy()
-        if store is not None:
-            store[a:b] = z.cpu().numpy()
-    return ReferenceScores(nll, argmax, store, lse_all, tokens.digest, tmpdir)
+    """The full-precision pass alone; with keep_logits the model is kept so a later `score_quantized` gets KL."""
+    ref, _ = score_together(model, {}, tokens, device, batch_size, kl=keep_logits)
+    return ref
 
 
 def score_quantized(model, tokens: EvalTokens, ref: ReferenceScores, device: torch.device,
                     batch_size: int = 8) -> QuantizedScores:
-    """Run a quantized model over the same windows; KL(fp || q) per token when the reference kept its logits."""
+    """One quantized model over the same windows; KL(fp || q) per token when the reference kept its model.
+
+    This recomputes the fp logits batch by batch (one more fp pass); runs of several quantizers use
+    `score_together` so they share one fp pass.
+    """
     if ref.tokens_digest != tokens.digest:
         raise ValueError("reference and quantized passes must score the same tokens")
-    T = tokens.n_targets
-    nll = np.empty(T, dtype=np.float64)
-    agree = np.empty(T, dtype=bool)
-    kl = np.empty(T, dtype=np.float64) if ref.logits is not None else None
-    for a, b, z, lse in _window_logits(model, tokens, device, batch_size):
-        nll[a:b] = _nll(z, lse, tokens.targets[a:b])
-        agree[a:b] = z.argmax(dim=-1).cpu().numpy() == ref.argmax[a:b]
-        if kl is not None:
-            z_fp = torch.from_numpy(np.asarray(ref.logits[a:b])).to(z.device)
-            kl[a:b] = kl_divergence(z_fp, z).cpu().numpy()
-    return QuantizedScores(nll, kl, agree)
+    if ref.model is None:  # no KL: agreement against the stored fp argmax needs no fp logits
+        nll, agree = np.empty(tokens.n_targets), np.empty(tokens.n_targets, dtype=bool)
+        with torch.inference_mode():
+            for ids, rows, cols, idx in _batch_plan(tokens, batch_size, device):
+                z_q = _scored_logits(model, ids, rows, cols)
+                nll[idx] = _nll_lse(z_q, tokens.targets[idx])[0]
+                agree[idx] = z_q.argmax(dim=-1).cpu().numpy() == ref.argmax[idx]
+        return QuantizedScores(nll, None, agree)
+    _, out = score_together(ref.model, {0: model}, tokens, device, batch_size, kl=True)
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
