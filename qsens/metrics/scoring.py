@@ -25,7 +25,7 @@ import torch
 
 from qsens.metrics.windows import EvalTokens
 
-# Rows of [n, V] logits per KL evaluation: bounds its float32 temporaries (~5 x rows x V x 4 bytes).
+# Fewest rows per comparison chunk (see _chunk_rows): bounds the float32 temporaries of KL at any n.
 KL_ROWS = 256
 
 
@@ -66,9 +66,11 @@ def _batches(tokens: EvalTokens, batch_size: int) -> Iterator[list[int]]:
             yield idx[s : s + batch_size]
 
 
-def _scored_logits(model, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """float32 [n, V]: the logits at (window row, position) pairs that predict scored targets."""
-    return model(input_ids=ids).logits[rows, cols].float()
+def _scored_logits(model, ids: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
+    """float32 [n, V]: the logits at (window row, position) pairs that predict scored targets (all, if None)."""
+    logits = model(input_ids=ids).logits
+    z = logits.reshape(-1, logits.shape[-1]) if rows is None else logits[rows, cols]
+    return z.float()
 
 
 def _batch_plan(tokens: EvalTokens, batch_size: int, device: torch.device):
@@ -82,9 +84,11 @@ def _batch_plan(tokens: EvalTokens, batch_size: int, device: torch.device):
             rows.append(np.full(n, row))
             cols.append(np.arange(first, first + n))
             idx.append(np.arange(starts[i], starts[i] + n))
-        rows_t = torch.from_numpy(np.concatenate(rows)).to(device)
-        cols_t = torch.from_numpy(np.concatenate(cols)).to(device)
-        yield ids, rows_t, cols_t, np.concatenate(idx)
+        rows_np, cols_np = np.concatenate(rows), np.concatenate(cols)
+        if rows_np.size == ids.numel() and (cols_np == np.tile(np.arange(ids.shape[1]), len(batch))).all():
+            yield ids, None, None, np.concatenate(idx)  # every position scored, in order: a view, no copy
+            continue
+        yield ids, torch.from_numpy(rows_np).to(device), torch.from_numpy(cols_np).to(device), np.concatenate(idx)
 
 
 def _nll_lse(z: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -94,23 +98,54 @@ def _nll_lse(z: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, np.nda
     return nll.cpu().numpy(), lse.cpu().numpy()
 
 
-def kl_divergence(z_fp: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(z_fp) || softmax(z_q)) per row: float32 logits [n, V] -> float64 [n] (see the module docstring).
+def _chunk_rows(V: int) -> int:
+    """Rows per comparison chunk: ~16M elements, so each float32 temporary stays near 64 MB whatever n is."""
+    return max(KL_ROWS, (1 << 24) // max(V, 1))
 
-    Rows are taken KL_ROWS at a time so the temporaries stay bounded whatever n is.
+
+@dataclass
+class _FpBatch:
+    """The fp side of one batch, computed once and shared by every quantized model: z, p = softmax(z), lse."""
+
+    z: torch.Tensor
+    p: torch.Tensor
+    lse: torch.Tensor
+
+    @classmethod
+    def of(cls, z: torch.Tensor) -> "_FpBatch":
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)
+        return cls(z, torch.exp(z - lse), lse[:, 0].double())
+
+
+def _compare(fp: _FpBatch, z_q: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 [n] quantized losses and KL(fp || q) from float32 logits [n, V] (see the module docstring).
+
+    With e = z_q - z_fp: S = sum_v p_v expm1(e_v) = e^(lse_q - lse_fp) - 1, so KL = log1p(S) - sum_v p_v e_v and
+    the quantized log-sum-exp is lse_fp + log1p(S): one exp-like pass over the quantized logits gives both,
+    with sums accumulated in float64.
     """
-    out = torch.empty(z_fp.shape[0], dtype=torch.float64, device=z_fp.device)
-    for s in range(0, z_fp.shape[0], KL_ROWS):
-        a, b = z_fp[s : s + KL_ROWS], z_q[s : s + KL_ROWS]
-        p = torch.softmax(a, dim=-1)
-        d = a - b
-        kl = (p * d).sum(-1, dtype=torch.float64) + torch.log1p((p * torch.expm1(-d)).sum(-1, dtype=torch.float64))
-        bad = ~torch.isfinite(kl)
-        if bad.any():  # expm1 overflowed (a logit of q far above fp's): the direct float64 form is safe there
-            lp, lq = torch.log_softmax(a[bad].double(), -1), torch.log_softmax(b[bad].double(), -1)
-            kl[bad] = (lp.exp() * (lp - lq)).sum(-1)
-        out[s : s + KL_ROWS] = kl
-    return out
+    nll, kl = torch.empty(z_q.shape[0], dtype=torch.float64, device=z_q.device), None
+    kl = torch.empty_like(nll)
+    step = _chunk_rows(z_q.shape[-1])
+    tq = z_q.gather(1, targets[:, None].to(z_q.device))[:, 0].double()
+    for s in range(0, z_q.shape[0], step):
+        sl = slice(s, s + step)
+        e = z_q[sl] - fp.z[sl]
+        pe = (fp.p[sl] * e).sum(-1, dtype=torch.float64)
+        log1p_s = torch.log1p((fp.p[sl] * torch.expm1(e)).sum(-1, dtype=torch.float64))
+        kl[sl], nll[sl] = log1p_s - pe, fp.lse[sl] + log1p_s - tq[sl]
+    bad = ~(torch.isfinite(kl) & torch.isfinite(nll))
+    if bad.any():  # expm1 overflowed (a logit of q far above fp's): the direct float64 forms are safe there
+        lp, lq = torch.log_softmax(fp.z[bad].double(), -1), torch.log_softmax(z_q[bad].double(), -1)
+        kl[bad] = (lp.exp() * (lp - lq)).sum(-1)
+        nll[bad] = -lq.gather(1, targets[bad.to(targets.device)][:, None].to(lq.device))[:, 0]
+    return nll, kl
+
+
+def kl_divergence(z_fp: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(z_fp) || softmax(z_q)) per row: float32 logits [n, V] -> float64 [n]."""
+    dummy = torch.zeros(z_fp.shape[0], dtype=torch.int64, device=z_fp.device)
+    return _compare(_FpBatch.of(z_fp), z_q, dummy)[1]
 
 
 def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], tokens: EvalTokens,
@@ -131,7 +166,12 @@ def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], token
         for ids, rows, cols, idx in _batch_plan(tokens, batch_size, device):
             targets = tokens.targets[idx]
             z_fp = _scored_logits(fp_model, ids, rows, cols)
-            fp_nll[idx], fp_lse[idx] = _nll_lse(z_fp, targets)
+            fp = _FpBatch.of(z_fp) if kl and q_models else None
+            if fp is None:
+                fp_nll[idx], fp_lse[idx] = _nll_lse(z_fp, targets)
+            else:
+                fp_lse[idx] = fp.lse.cpu().numpy()
+                fp_nll[idx] = (fp.lse - z_fp.gather(1, targets[:, None].to(z_fp.device))[:, 0].double()).cpu().numpy()
             am_fp = z_fp.argmax(dim=-1)
             fp_argmax[idx] = am_fp.cpu().numpy()
             for key, model in q_models.items():
@@ -139,10 +179,12 @@ def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], token
                     continue
                 try:
                     z_q = _scored_logits(model, ids.to(_device_of(model, device)), rows, cols).to(z_fp.device)
-                    q_nll[key][idx] = _nll_lse(z_q, targets)[0]
+                    if fp is None:
+                        q_nll[key][idx] = _nll_lse(z_q, targets)[0]
+                    else:
+                        nll_k, kl_k = _compare(fp, z_q, targets)
+                        q_nll[key][idx], q_kl[key][idx] = nll_k.cpu().numpy(), kl_k.cpu().numpy()
                     q_agree[key][idx] = (z_q.argmax(dim=-1) == am_fp).cpu().numpy()
-                    if kl:
-                        q_kl[key][idx] = kl_divergence(z_fp, z_q).cpu().numpy()
                     del z_q
                 except Exception as exc:  # noqa: BLE001 - one broken quantized model must not stop the others
                     failed[key] = exc
