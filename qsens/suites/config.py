@@ -67,6 +67,7 @@ class FamilySpec(_Strict):
     n_params: int | None = Field(None, ge=1, description="default non-embedding N of every checkpoint")
     tokens_per_step: int | None = Field(None, ge=1, description="D = step x tokens_per_step (Pythia: 2097152)")
     schedule: str | None = None
+    fit_group: str | None = Field(None, description="scaling-law fit group (default: the family's own name)")
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     checkpoints: list[CheckpointSpec] = Field(default_factory=list)
