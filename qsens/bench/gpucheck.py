@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -105,8 +106,9 @@ MICRO_QUANTIZERS = """  - {method: rtn, bits: [2, 4], group_size: 8}
 
 
 def micro_step(py: str, out: Path, cuda: bool, reduced: bool, executor: str = "local") -> dict:
-    ckpts = "[s64]" if not reduced else "[s24]"
-    names = "" if not reduced else ", names: [s24-cosine-d008.000M]"
+    # s64 only: gptqmodel 7.6's 3-bit packing indexes past a 24-wide layer (s24) and the process exits
+    ckpts = "[s64]"
+    names = "" if not reduced else ", names: [s64-cosine-d008.000M]"
     fam = (f"  - {{name: micro-cosine, manifest: {REPO}/checkpoints/micro/manifest.json, "
            f"select: {{schedule: [cosine], size: {ckpts}{names}}}}}\n")
     ev = (f"  - {{name: novels, path: {REPO}/data/eval/heldout-novels.txt.gz, "
@@ -160,9 +162,10 @@ def standins_step(py: str, out: Path, cuda: bool, reduced: bool) -> dict:
     return {"status": "failed" if bad else "ok", "figures": fig, **r}
 
 
-def score_step(py: str, out: Path, reduced: bool) -> dict:
+def score_step(py: str, out: Path, work: Path, reduced: bool) -> dict:
     micro = REPO / "checkpoints/micro/s64/cosine/s64-cosine-d008.000M"
-    models = [str(micro)] + ([] if reduced else [str(out / "standins" / "pythia-160m")])
+    standin = work / "standins" / "pythia-160m"
+    models = [str(micro)] + ([str(standin)] if not reduced and standin.exists() else [])
     r = _cmd([py, "-m", "qsens", "bench", "score", *models, "--max-tokens", "1024" if reduced else "16384",
               "--rounds", "1" if reduced else "3", "--out", str(out / "score.md")], 420)
     data = json.loads((out / "score.json").read_text()) if r["rc"] == 0 else None
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "results/gpu-check")
     p.add_argument("--reduced", action="store_true", help="the CPU form's small sizes, even on CUDA")
     p.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
+    p.add_argument("--keep-work", action="store_true", help="keep the work folder (stand-in models, results)")
     args = p.parse_args(argv)
     import torch
 
@@ -194,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     reduced = args.reduced or not cuda
     py = sys.executable
     out = args.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("REPORT.md", "report.json", "score.md", "score.json"):
+        (out / stale).unlink(missing_ok=True)
+    # models and results go to a scratch folder: out keeps only the report (small enough to commit)
+    work = Path(tempfile.mkdtemp(prefix="qsens-gpu-check-"))
     report = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
               "mode": ("cuda" if cuda else "cpu") + (", reduced" if reduced else ""), "steps": {}}
     t0 = time.perf_counter()
@@ -204,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         ("env", lambda: env_step(cuda)),
         ("gpu-tests", lambda: gpu_tests_step(py) if cuda else None),
         ("kernel", lambda: kernel_step(py) if cuda else None),
-        ("micro", lambda: micro_step(py, out, cuda, reduced)),
-        ("standins", lambda: standins_step(py, out, cuda, reduced)),
-        ("ray", lambda: micro_step(py, out, cuda, True, executor="ray")),
-        ("score", lambda: score_step(py, out, reduced)),
+        ("micro", lambda: micro_step(py, work, cuda, reduced)),
+        ("standins", lambda: standins_step(py, work, cuda, reduced)),
+        ("ray", lambda: micro_step(py, work, cuda, True, executor="ray")),
+        ("score", lambda: score_step(py, out, work, reduced)),
     ]
     for name, fn in steps:
         if name in args.skip:
@@ -223,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         report["steps"][name] = res
         print(f"gpu-check: {name} {res['status']} ({res['seconds']} s) {res.get('detail', '')}", flush=True)
     report["seconds"] = time.perf_counter() - t0
+    if args.keep_work:
+        report["work"] = str(work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     report["overall"] = "failed" if any(s["status"] == "failed" for s in report["steps"].values()) else "ok"
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "REPORT.md").write_text(to_markdown(report))
