@@ -169,7 +169,8 @@ def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: to
     """Compute `cells` (all of checkpoint `ckpt`); emit a running row as each starts and a final row as each ends.
 
     Quantized models stay resident while memory allows (`_Checkpoint.room_for_another`); each such group is
-    scored against one full-precision pass per eval (`score_together`), so no fp logits are stored.
+    scored against one full-precision pass per eval (`score_together`), so no fp logits are stored. A group's
+    cells are written when the group is scored, so a crash loses the group in flight (recomputed next run).
     """
     base = {**provenance, "seed": suite.spec.seed}
 
@@ -197,11 +198,12 @@ def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: to
                 for cell in g.cells:
                     row, seconds = scored[(g.settings, cell.eval.name)]
                     fields = {**g.outcome, **usage.as_row(), "started_at": g.started_at}
-                    t_end = time.perf_counter() - g.result.seconds - seconds  # this cell's share of the work
+                    # seconds = its quantization + its share of the group's sweep (the sweeps run after all quantizing)
+                    as_if_started = time.perf_counter() - g.result.seconds - seconds
                     if isinstance(row, BaseException):
-                        finish(cell, t_end, status="failed", error=_error_text(row), **fields)
+                        finish(cell, as_if_started, status="failed", error=_error_text(row), **fields)
                     else:
-                        finish(cell, t_end, status="ok", error=None, **fields, **row)
+                        finish(cell, as_if_started, status="ok", error=None, **fields, **row)
             del group, scored
             gc.collect()
             if device.type == "cuda":

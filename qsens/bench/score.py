@@ -16,6 +16,7 @@ Figures (tokens/s = scored tokens / seconds):
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ def _same_text(tokenizer, path: str | Path, max_tokens: int) -> str:
 
 def run(model_dir: str | Path, text_path: str | Path, *, context: int = 128, batch_size: int = 8,
         max_tokens: int = 8192, k: int = 2, rounds: int = 3, device: torch.device | None = None,
-        profile: bool = False) -> dict:
+        profile: bool = False, kl_compile: bool = True) -> dict:
     """Measure every figure of the module docstring; returns them with the raw seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,6 +71,19 @@ def run(model_dir: str | Path, text_path: str | Path, *, context: int = 128, bat
     proto = Protocol(context_length=context, last_logit=True, align_last=True, prefix="eos", batch_size=batch_size)
     tokens = build_eval_tokens(text, tokenizer, proto)
     qs = quantized_copies(model, tokenizer, device, k)
+    saved = os.environ.get("QSENS_KL_COMPILE_MIN")
+    try:
+        _choose_kl_kernel(kl_compile, int(model.config.vocab_size), device)
+        return _measure(model, tokenizer, text, tokens, qs, device, context, batch_size, k, rounds, profile,
+                        model_dir)
+    finally:
+        if saved is None:
+            os.environ.pop("QSENS_KL_COMPILE_MIN", None)
+        else:
+            os.environ["QSENS_KL_COMPILE_MIN"] = saved
+
+
+def _measure(model, tokenizer, text, tokens, qs, device, context, batch_size, k, rounds, profile, model_dir) -> dict:
     secs: dict[str, list[float]] = {"lmeval": [], "fp": [], "sweep": []}
     lls = []
     for _ in range(rounds):
@@ -95,11 +109,28 @@ def run(model_dir: str | Path, text_path: str | Path, *, context: int = 128, bat
         "cell_all_in_vs_lmeval": med["lmeval"] / (med["sweep"] / k),
         "suite_fp_passes": med["sweep"] / med["fp"], "suite_goal_fp_passes": 1 + 1.1 * k,
         "delta_vs_lmeval": (k + 1) * med["lmeval"] / med["sweep"],
-        "loglik_qsens": -float(ref.nll.sum()), "loglik_lmeval": lls[0],
+        "loglik_qsens": -float(ref.nll.sum()), "loglik_lmeval": lls[0], "kl_compiled": _kl_compiled(),
     }
     if profile:
         out["profile"] = profile_sweep(model, qs, tokens, device, batch_size)
     return out
+
+
+def _choose_kl_kernel(compiled: bool, V: int, device: torch.device) -> None:
+    """Force the fused (compiled) or eager KL kernel for this process, compiling before any timing: at real
+    sizes the runner compiles it too (`qsens.metrics.scoring._sums_fn`), the compile paid once per process."""
+    from qsens.metrics import scoring
+
+    os.environ["QSENS_KL_COMPILE_MIN"] = "0" if compiled else "-1"
+    if compiled:
+        z = torch.zeros(3, V, device=device)
+        scoring._compare(scoring._FpBatch.of(z), z, torch.zeros(3, dtype=torch.int64), scoring._sums_fn(0))
+
+
+def _kl_compiled() -> bool:
+    from qsens.metrics import scoring
+
+    return os.environ.get("QSENS_KL_COMPILE_MIN") == "0" and not scoring._COMPILED.get("failed")
 
 
 def profile_sweep(model, qs, tokens, device, batch_size: int, top: int = 12) -> list[dict]:
@@ -118,12 +149,13 @@ def profile_sweep(model, qs, tokens, device, batch_size: int, top: int = 12) -> 
 def to_markdown(results: list[dict], command: str) -> str:
     lines = [f"Scoring throughput vs lm-eval 0.4 `loglikelihood_rolling` (`{command}`): medians of interleaved "
              "rounds in one process; ratios > 1 mean qsens is faster.", "",
-             "| model | V | device, threads | tokens | k | lm-eval tok/s | fp tok/s | fp/lm-eval | cell (KL)/lm-eval "
+             "| model | V | device, threads | KL kernel | tokens | k | lm-eval tok/s | fp tok/s | fp/lm-eval | cell (KL)/lm-eval "
              "| cell incl. fp share/lm-eval | suite, fp passes (goal) | Δloss of k vs lm-eval k+1 runs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
-            f"| {Path(r['model']).name} | {r['vocab']:,} | {r['device']}, {r['threads']} | {r['scored_tokens']:,} "
+            f"| {Path(r['model']).name} | {r['vocab']:,} | {r['device']}, {r['threads']} "
+            f"| {'compiled' if r['kl_compiled'] else 'eager'} | {r['scored_tokens']:,} "
             f"| {r['k']} | {r['tokens_per_s']['lmeval']:,.0f} | {r['tokens_per_s']['fp']:,.0f} "
             f"| {r['fp_vs_lmeval']:.2f}x | {r['cell_vs_lmeval']:.2f}x | {r['cell_all_in_vs_lmeval']:.2f}x "
             f"| {r['suite_fp_passes']:.2f} (≤ {r['suite_goal_fp_passes']:.1f}) | {r['delta_vs_lmeval']:.2f}x |")

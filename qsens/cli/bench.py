@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     s.add_argument("--device", help="default: cuda when available, else cpu")
     s.add_argument("--profile", action="store_true", help="add a torch-profiler table of one sweep")
+    s.add_argument("--eager-kl", action="store_true", help="the eager KL kernel instead of the compiled one")
     s.add_argument("--out", type=Path, help="write the Markdown table here and its data beside it (.json)")
 
 
@@ -83,7 +84,8 @@ def _score(args: argparse.Namespace) -> int:
             return 2
     device = torch.device(args.device) if args.device else None
     results = [score.run(m, args.text, context=args.context, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                         k=args.k, rounds=args.rounds, device=device, profile=args.profile) for m in args.models]
+                         k=args.k, rounds=args.rounds, device=device, profile=args.profile,
+                         kl_compile=not args.eager_kl) for m in args.models]
     table = score.to_markdown(results, "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
                               else "qsens bench score")
     print(table)

@@ -16,6 +16,7 @@ random and averages out of every mean reported.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Hashable, Iterator, Mapping
@@ -117,22 +118,58 @@ class _FpBatch:
         return cls(z, torch.exp(z - lse), lse[:, 0].double())
 
 
-def _compare(fp: _FpBatch, z_q: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _kl_sums(z_fp: torch.Tensor, p: torch.Tensor, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 [n] sums over v of p_v e_v and p_v expm1(e_v), e = z_q - z_fp: float32 terms, float64 sums."""
+    e = z_q - z_fp
+    return (p * e).sum(-1, dtype=torch.float64), (p * torch.expm1(e)).sum(-1, dtype=torch.float64)
+
+
+def _kl_sums_fused(z_fp: torch.Tensor, p: torch.Tensor, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_kl_sums` with float64 terms too, written for torch.compile, which fuses it into one pass over [n, V]
+    (eager it would materialise float64 copies). Measured for 333 x 50,304 on one CPU thread: eager `_kl_sums`
+    1.1-1.4 s, this compiled 0.15 s, equal to float64 within 4e-6 relative per row."""
+    e = (z_q - z_fp).double()
+    pd = p.double()
+    return (pd * e).sum(-1), (pd * torch.expm1(e)).sum(-1)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _sums_fn(elements: int):
+    """`_kl_sums_fused` compiled by torch.compile when the sweep is big enough to repay its ~20 s of compiling
+    (QSENS_KL_COMPILE_MIN elements, default 2e9; 0 forces it, a negative value never compiles); eager when
+    compiling is unavailable or fails (the failure is remembered, so it is tried once per process)."""
+    threshold = float(os.environ.get("QSENS_KL_COMPILE_MIN", 2e9))
+    if threshold < 0 or elements < threshold or _COMPILED.get("failed"):
+        return _kl_sums
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(_kl_sums_fused, dynamic=True)
+    return _COMPILED["fn"]
+
+
+def _compare(fp: _FpBatch, z_q: torch.Tensor, targets: torch.Tensor, sums=_kl_sums
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 [n] quantized losses and KL(fp || q) from float32 logits [n, V] (see the module docstring).
 
     With e = z_q - z_fp: S = sum_v p_v expm1(e_v) = e^(lse_q - lse_fp) - 1, so KL = log1p(S) - sum_v p_v e_v and
     the quantized log-sum-exp is lse_fp + log1p(S): one exp-like pass over the quantized logits gives both,
     with sums accumulated in float64.
     """
-    nll, kl = torch.empty(z_q.shape[0], dtype=torch.float64, device=z_q.device), None
+    nll = torch.empty(z_q.shape[0], dtype=torch.float64, device=z_q.device)
     kl = torch.empty_like(nll)
     step = _chunk_rows(z_q.shape[-1])
     tq = z_q.gather(1, targets[:, None].to(z_q.device))[:, 0].double()
     for s in range(0, z_q.shape[0], step):
         sl = slice(s, s + step)
-        e = z_q[sl] - fp.z[sl]
-        pe = (fp.p[sl] * e).sum(-1, dtype=torch.float64)
-        log1p_s = torch.log1p((fp.p[sl] * torch.expm1(e)).sum(-1, dtype=torch.float64))
+        try:
+            pe, s_sum = sums(fp.z[sl], fp.p[sl], z_q[sl])
+        except Exception:  # noqa: BLE001 - a compiler failure (no C++ toolchain, triton): eager from now on
+            if sums is _kl_sums:
+                raise
+            _COMPILED["failed"], sums = True, _kl_sums
+            pe, s_sum = sums(fp.z[sl], fp.p[sl], z_q[sl])
+        log1p_s = torch.log1p(s_sum)
         kl[sl], nll[sl] = log1p_s - pe, fp.lse[sl] + log1p_s - tq[sl]
     bad = ~(torch.isfinite(kl) & torch.isfinite(nll))
     if bad.any():  # expm1 overflowed (a logit of q far above fp's): the direct float64 forms are safe there
@@ -162,6 +199,7 @@ def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], token
     q_agree = {k: np.empty(T, dtype=bool) for k in q_models}
     q_kl = {k: np.empty(T) for k in q_models} if kl else {}
     failed: dict[Hashable, BaseException] = {}
+    sums = None  # the KL kernel, chosen at the first batch (when V is known)
     with torch.inference_mode():
         for ids, rows, cols, idx in _batch_plan(tokens, batch_size, device):
             targets = tokens.targets[idx]
@@ -182,7 +220,8 @@ def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], token
                     if fp is None:
                         q_nll[key][idx] = _nll_lse(z_q, targets)[0]
                     else:
-                        nll_k, kl_k = _compare(fp, z_q, targets)
+                        sums = sums or _sums_fn(T * z_fp.shape[-1] * len(q_models))
+                        nll_k, kl_k = _compare(fp, z_q, targets, sums)
                         q_nll[key][idx], q_kl[key][idx] = nll_k.cpu().numpy(), kl_k.cpu().numpy()
                     q_agree[key][idx] = (z_q.argmax(dim=-1) == am_fp).cpu().numpy()
                     del z_q

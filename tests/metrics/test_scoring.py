@@ -40,8 +40,10 @@ def _tokens(n_chars: int, seed: int = 0):
     return text, build_eval_tokens(text, CharTokenizer(), Protocol(context_length=64, stride=64))
 
 
-@pytest.mark.parametrize("noise", [1e-3, 1.0])  # KL from ~1e-6 (an 8-bit model) to ~1 (2-bit)
-def test_kl_matches_float64_at_real_vocab(noise):
+@pytest.mark.parametrize("noise,compiled", [(1e-3, False), (1.0, False), (1e-3, True)])
+def test_kl_matches_float64_at_real_vocab(noise, compiled, monkeypatch):
+    """KL ~1e-6 (an 8-bit model) to ~1 (2-bit), by the eager kernel and by the torch.compile'd one."""
+    monkeypatch.setenv("QSENS_KL_COMPILE_MIN", "0" if compiled else "-1")
     fp, q = _tables(1, noise)
     text, tokens = _tokens(500)
     ref, out = score_together(TableModel(fp), {"q": TableModel(q)}, tokens, torch.device("cpu"), batch_size=3)
@@ -58,6 +60,10 @@ def test_kl_matches_float64_at_real_vocab(noise):
     # the one-model entry point gives the same numbers
     one = score_quantized(TableModel(q), tokens, ref, torch.device("cpu"), batch_size=5)
     np.testing.assert_allclose(one.kl, kl, rtol=1e-9, atol=1e-15)
+    if compiled:
+        from qsens.metrics import scoring
+
+        assert "fn" in scoring._COMPILED and not scoring._COMPILED.get("failed")  # the fused kernel did run
 
 
 def test_a_failing_quantized_model_does_not_stop_the_others():
