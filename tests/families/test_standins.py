@@ -1,6 +1,6 @@
 """Real-shape stand-ins through every quantizer: Pythia-160M widths, vocabulary 50,304, hub module names.
 
-Reduced (CI): one layer of the real width, a 2,048-token BPE, 512 scored tokens. QSENS_HEAVY=full: all 12
+Reduced (CI): one layer of the real width, a 2,048-token BPE, 256 scored tokens, GPTQ at 3 bits only. QSENS_HEAVY=full: all 12
 layers of Pythia-160M and 2 layers of OLMo-2 1B (vocabulary 100,352) with the real-size tokenizer.
 """
 
@@ -17,9 +17,10 @@ from qsens.store import ResultStore
 from qsens.suites.load import load_suite
 
 FULL = os.environ.get("QSENS_HEAVY") == "full"
+GPTQ_BITS = "[2, 3, 4]" if FULL else "3"  # reduced: 3-bit, whose packing is the fragile one (see gpucheck.py)
 QUANTIZERS = """
   - {method: rtn, bits: 4, group_size: 128, skip: [lm_head, embed_out]}
-  - {method: gptq, bits: [2, 3, 4], group_size: 128, calibration_samples: 8, calibration_length: 64, skip: [lm_head, embed_out]}
+  - {method: gptq, bits: GPTQ_BITS, group_size: 128, calibration_samples: 8, calibration_length: 64, skip: [lm_head, embed_out]}
   - {method: bnb, quant_type: [nf4, fp4], blocksize: 64, compute_dtype: float32, skip: [lm_head, embed_out]}
   - {method: noise, magnitude: 0.05, skip: [lm_head, embed_out]}
 """
@@ -51,9 +52,9 @@ def test_standin_suite_runs_every_quantizer(tmp_path, shape, layers):
           - name: {shape}
             checkpoints: [{{path: {ckpt}, n_params: {n}, tokens: 1000000}}]
         quantizers:
-        """) + QUANTIZERS + textwrap.dedent(f"""
+        """) + QUANTIZERS.replace("GPTQ_BITS", GPTQ_BITS) + textwrap.dedent(f"""
         evals:
-          - {{name: novels, path: {REPO}/data/eval/heldout-novels.txt.gz, protocol: {{context_length: 64, max_tokens: {4096 if FULL else 512}}}}}
+          - {{name: novels, path: {REPO}/data/eval/heldout-novels.txt.gz, protocol: {{context_length: 64, max_tokens: {4096 if FULL else 256}}}}}
         calibration: {{path: {REPO}/data/novels/TomJones.txt.gz}}
         bootstrap: {{samples: 100}}
         """))
@@ -61,7 +62,7 @@ def test_standin_suite_runs_every_quantizer(tmp_path, shape, layers):
     summary = run_suite(load_suite(tmp_path / "suite.yaml"), tmp_path / "res", progress=False)
     cells = {c["quantizer"]: c for c in ResultStore(tmp_path / "res").cells()}
     errors = {q: c["error"][:300] for q, c in cells.items() if c["status"] != "ok"}
-    assert not errors and summary.computed == 7
+    assert not errors and summary.computed == (7 if FULL else 5)
     per_layer = 7 if shape.startswith("olmo") else 4  # q/k/v/o + 3 MLP (OLMo-2); qkv, dense, 2 MLP (NeoX)
     for q, c in cells.items():
         layers_done = json.loads(c["details_json"])["layers"]
@@ -69,5 +70,6 @@ def test_standin_suite_runs_every_quantizer(tmp_path, shape, layers):
         assert c["layers_quantized"] == layers * per_layer, (q, layers_done)
         assert c["peak_rss_bytes"] > 0 and c["temp_disk_bytes"] is not None
         assert c["kl_mean"] > 0 and c["n_tokens"] > 0
-    gptq = {b: cells[q]["kl_mean"] for q in cells if q.startswith("gptq") for b in [cells[q]["bits"]]}
-    assert gptq[2] > gptq[4]
+    gptq = {cells[q]["bits"]: cells[q]["kl_mean"] for q in cells if q.startswith("gptq")}
+    if FULL:
+        assert gptq[2] > gptq[4]
