@@ -8,6 +8,7 @@ returns rows to its driver). A failing cell becomes a 'failed' row with its erro
 from __future__ import annotations
 
 import gc
+import os
 import time
 import traceback
 from collections import defaultdict
@@ -21,13 +22,18 @@ import torch
 from qsens.families.loading import load_model, load_tokenizer
 from qsens.metrics.compare import encode_window_sums
 from qsens.metrics.paired import sensitivity_metrics, window_sums
-from qsens.metrics.scoring import ReferenceScores, score_quantized, score_reference
+from qsens.metrics.resources import available_bytes, measured, model_bytes
+from qsens.metrics.scoring import score_together
 from qsens.metrics.text import read_text
 from qsens.metrics.windows import EvalTokens, build_eval_tokens, model_max_length
 from qsens.quantizers import method_module
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
 from qsens.store.keys import cell_key, checkpoint_fingerprint
 from qsens.suites.load import Checkpoint, EvalText, Suite
+
+
+# Most quantized models kept resident at once (each group shares one fp pass per eval); memory decides below that.
+MAX_RESIDENT = int(os.environ.get("QSENS_MAX_RESIDENT", 16))
 
 
 @dataclass(frozen=True)
@@ -89,26 +95,21 @@ def calibration_sampler(suite: Suite, tokenizer) -> Callable[[int, int], torch.T
 
 
 class _Checkpoint:
-    """The state shared by one checkpoint's cells: model, tokenizer, eval tokens, fp references."""
+    """The state shared by one checkpoint's cells: model, tokenizer, eval tokens."""
 
     def __init__(self, suite: Suite, ckpt: Checkpoint, device: torch.device):
         self.suite, self.ckpt, self.device = suite, ckpt, device
         self.tokenizer = load_tokenizer(ckpt)
         self.model = load_model(ckpt, device)
+        self.model_bytes = model_bytes(self.model)
         self.tokens: dict[str, EvalTokens] = {}
-        self.refs: dict[str, ReferenceScores] = {}
         self.calibration: Callable[[int, int], torch.Tensor] | None = None
 
-    def reference(self, ev: EvalText) -> tuple[EvalTokens, ReferenceScores]:
-        if ev.name not in self.refs:
-            tokens = build_eval_tokens(read_text(ev.path), self.tokenizer, ev.protocol,
-                                       model_max_length(self.model.config, self.tokenizer))
-            ref = score_reference(self.model, tokens, self.device, ev.protocol.batch_size,
-                                  keep_logits="kl" in self.suite.spec.metrics)
-            if not np.isfinite(ref.nll).all():
-                raise FloatingPointError("the full-precision model gives non-finite losses on this eval text")
-            self.tokens[ev.name], self.refs[ev.name] = tokens, ref
-        return self.tokens[ev.name], self.refs[ev.name]
+    def eval_tokens(self, ev: EvalText) -> EvalTokens:
+        if ev.name not in self.tokens:
+            self.tokens[ev.name] = build_eval_tokens(read_text(ev.path), self.tokenizer, ev.protocol,
+                                                     model_max_length(self.model.config, self.tokenizer))
+        return self.tokens[ev.name]
 
     def quantize(self, settings: QuantSettings) -> QuantResult:
         if self.device.type == "cuda":  # peak memory per method, not per process
@@ -122,26 +123,58 @@ class _Checkpoint:
         )
         return method_module(settings.method).quantize(ctx, settings)
 
+    def room_for_another(self, resident: int) -> bool:
+        """Whether one more quantized model may stay resident: at most QSENS_MAX_RESIDENT, and two model sizes
+        of memory left (one for the model, one for the next quantizer's working copy)."""
+        if resident >= MAX_RESIDENT:
+            return False
+        return resident == 0 or available_bytes(self.device) > 2 * self.model_bytes
+
     def close(self) -> None:
-        for ref in self.refs.values():
-            ref.close()
         self.model = None
 
 
-def _score_cell(state: _Checkpoint, result: QuantResult, cell: Cell) -> dict:
-    tokens, ref = state.reference(cell.eval)
-    q = score_quantized(result.model, tokens, ref, state.device, cell.eval.protocol.batch_size)
-    if not np.isfinite(q.nll).all():
-        raise FloatingPointError(f"{(~np.isfinite(q.nll)).sum()} non-finite quantized losses")
-    boot = state.suite.spec.bootstrap
-    metrics = sensitivity_metrics(tokens, ref, q, bootstrap_samples=boot.samples, confidence=boot.confidence,
-                                  seed=state.suite.spec.seed)
-    return {**metrics, "tokens_digest": tokens.digest, "window_sums": encode_window_sums(window_sums(tokens, ref, q))}
+def _score_group(state: _Checkpoint, group: list["_Quantized"], ev: EvalText) -> tuple[dict, float]:
+    """Score every model of `group` on eval `ev` in one sweep; per settings its metrics row or exception."""
+    tokens = state.eval_tokens(ev)
+    t0 = time.perf_counter()
+    ref, scores = score_together(state.model, {g.settings: g.result.model for g in group}, tokens, state.device,
+                                 ev.protocol.batch_size, kl="kl" in state.suite.spec.metrics)
+    sweep_seconds = time.perf_counter() - t0
+    if not np.isfinite(ref.nll).all():
+        raise FloatingPointError("the full-precision model gives non-finite losses on this eval text")
+    boot, out = state.suite.spec.bootstrap, {}
+    for settings, q in scores.items():
+        if isinstance(q, BaseException):
+            out[settings] = q
+        elif not np.isfinite(q.nll).all():
+            out[settings] = FloatingPointError(f"{(~np.isfinite(q.nll)).sum()} non-finite quantized losses")
+        else:
+            metrics = sensitivity_metrics(tokens, ref, q, bootstrap_samples=boot.samples, confidence=boot.confidence,
+                                          seed=state.suite.spec.seed)
+            out[settings] = {**metrics, "tokens_digest": tokens.digest,
+                             "window_sums": encode_window_sums(window_sums(tokens, ref, q))}
+    ref.close()
+    return out, sweep_seconds
+
+
+@dataclass
+class _Quantized:
+    settings: QuantSettings
+    cells: list[Cell]
+    result: QuantResult
+    started_at: str
+    outcome: dict
 
 
 def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: torch.device,
                    emit: Callable[[dict], None], provenance: dict) -> None:
-    """Compute `cells` (all of checkpoint `ckpt`); emit a running row as each starts and a final row as each ends."""
+    """Compute `cells` (all of checkpoint `ckpt`); emit a running row as each starts and a final row as each ends.
+
+    Quantized models stay resident while memory allows (`_Checkpoint.room_for_another`); each such group is
+    scored against one full-precision pass per eval (`score_together`), so no fp logits are stored. A group's
+    cells are written when the group is scored, so a crash loses the group in flight (recomputed next run).
+    """
     base = {**provenance, "seed": suite.spec.seed}
 
     def finish(cell: Cell, started: float, **fields) -> None:
@@ -155,35 +188,69 @@ def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: to
         for cell in cells:
             finish(cell, t0, status="failed", error=f"loading checkpoint failed: {_error_text(exc)}", started_at=_now())
         return
-    by_settings: dict[QuantSettings, list[Cell]] = defaultdict(list)
+    pending: dict[QuantSettings, list[Cell]] = defaultdict(list)
     for cell in cells:
-        by_settings[cell.settings].append(cell)
+        pending[cell.settings].append(cell)
+    queue = list(pending.items())
     try:
-        for settings, group in by_settings.items():
-            started_at, t_q = _now(), time.perf_counter()
-            for cell in group:
-                emit({**identity_row(cell, suite.name), **base, "status": "running", "started_at": started_at})
-            try:
-                result = state.quantize(settings)
-            except Exception as exc:  # noqa: BLE001
-                for cell in group:
-                    finish(cell, t_q, status="failed", error=f"quantization failed: {_error_text(exc)}",
-                           started_at=started_at)
-                continue
-            outcome = {"quant_seconds": result.seconds, "effective_bits": result.effective_bits,
-                       "layers_quantized": len(result.layers_quantized), "backend": result.backend,
-                       "peak_memory_bytes": result.peak_memory_bytes,
-                       "details_json": {**result.details, "layers": result.layers_quantized}}
-            for cell in group:
-                t_c = time.perf_counter()
-                try:
-                    finish(cell, t_c, status="ok", error=None, started_at=started_at, **outcome,
-                           **_score_cell(state, result, cell))
-                except Exception as exc:  # noqa: BLE001
-                    finish(cell, t_c, status="failed", error=_error_text(exc), started_at=started_at, **outcome)
-            del result
+        while queue:
+            with measured(device) as usage:
+                group = _quantize_group(state, queue, finish, emit, suite.name, base)
+                scored = _score_all(state, group, suite)
+            for g in group:
+                for cell in g.cells:
+                    row, seconds = scored[(g.settings, cell.eval.name)]
+                    fields = {**g.outcome, **usage.as_row(), "started_at": g.started_at}
+                    # seconds = its quantization + its share of the group's sweep (the sweeps run after all quantizing)
+                    as_if_started = time.perf_counter() - g.result.seconds - seconds
+                    if isinstance(row, BaseException):
+                        finish(cell, as_if_started, status="failed", error=_error_text(row), **fields)
+                    else:
+                        finish(cell, as_if_started, status="ok", error=None, **fields, **row)
+            del group, scored
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     finally:
         state.close()
+
+
+def _quantize_group(state: _Checkpoint, queue: list, finish, emit, suite_name: str, base: dict) -> list[_Quantized]:
+    """Quantize settings off the front of `queue` while their models may stay resident; failures finish here."""
+    group: list[_Quantized] = []
+    while queue and state.room_for_another(len(group)):
+        settings, cells = queue.pop(0)
+        started_at, t_q = _now(), time.perf_counter()
+        for cell in cells:
+            emit({**identity_row(cell, suite_name), **base, "status": "running", "started_at": started_at})
+        try:
+            result = state.quantize(settings)
+        except Exception as exc:  # noqa: BLE001
+            for cell in cells:
+                finish(cell, t_q, status="failed", error=f"quantization failed: {_error_text(exc)}",
+                       started_at=started_at)
+            continue
+        outcome = {"quant_seconds": result.seconds, "effective_bits": result.effective_bits,
+                   "layers_quantized": len(result.layers_quantized), "backend": result.backend,
+                   "peak_memory_bytes": result.peak_memory_bytes,
+                   "details_json": {**result.details, "layers": result.layers_quantized, "resident_group": 0}}
+        group.append(_Quantized(settings, cells, result, started_at, outcome))
+    for g in group:
+        g.outcome["details_json"]["resident_group"] = len(group)
+    return group
+
+
+def _score_all(state: _Checkpoint, group: list[_Quantized], suite: Suite) -> dict:
+    """(settings, eval name) -> (metrics row or exception, this cell's share of the sweep seconds)."""
+    out: dict = {}
+    for ev in suite.evals:
+        members = [g for g in group if any(c.eval.name == ev.name for c in g.cells)]
+        if not members:
+            continue
+        try:
+            rows, seconds = _score_group(state, members, ev)
+        except Exception as exc:  # noqa: BLE001 - the fp pass failed: every cell of this eval fails
+            rows, seconds = {g.settings: exc for g in members}, 0.0
+        for settings, row in rows.items():
+            out[(settings, ev.name)] = (row, seconds / len(members))
+    return out

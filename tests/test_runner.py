@@ -39,15 +39,15 @@ def suite_file(tmp_path, tiny_family):
 
 def test_run_stores_every_cell_with_sane_numbers(suite_file, tmp_path, monkeypatch):
     calls = []
-    real = qsens.runner.score_reference
-    monkeypatch.setattr(qsens.runner, "score_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = qsens.runner.score_together
+    monkeypatch.setattr(qsens.runner, "score_together", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     suite = load_suite(suite_file)
     summary = run_suite(suite, tmp_path / "res", progress=False)
     cells = ResultStore(tmp_path / "res").cells()
     n_ckpt = len(suite.checkpoints)
     assert len(cells) == summary.planned == 3 * n_ckpt
     assert summary.failed == n_ckpt and summary.computed == 2 * n_ckpt
-    assert len(calls) == n_ckpt  # one full-precision pass per checkpoint and eval, shared by the quantizers
+    assert calls == [2] * n_ckpt  # one sweep (fp pass) per checkpoint and eval, both quantized models resident
     by = {(c["checkpoint"], c["bits"]): c for c in cells}
     for ck in suite.checkpoints:
         two, eight, none = by[(ck.name, 2)], by[(ck.name, 8)], by[(ck.name, 4)]

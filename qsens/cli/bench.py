@@ -8,7 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
-HELP = "micro-benchmarks: `qsens bench kernel` measures the RTN kernel's GB/s against the copy ceiling"
+HELP = ("benchmarks: `qsens bench kernel` (RTN kernel GB/s vs copy), `qsens bench score` (scoring tokens/s vs "
+        "lm-eval's loglikelihood_rolling)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -32,9 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--iters", type=int, default=20, help="timed runs per measurement (median reported)")
     k.add_argument("--device", help="default: cuda when available, else cpu")
     k.add_argument("--out", type=Path, help="write the Markdown table here and its data beside it (.json)")
+    s = sub.add_parser("score", help="scoring tokens/s of the fp pass and of quantized cells with KL vs lm-eval")
+    s.add_argument("models", nargs="+", type=Path, help="local HF folders (e.g. a micro checkpoint, a stand-in)")
+    s.add_argument("--text", type=Path, default=Path("data/eval/heldout-novels.txt.gz"))
+    s.add_argument("--context", type=int, default=128)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--max-tokens", type=int, default=8192, help="tokens of the text both tools score")
+    s.add_argument("-k", type=int, default=2, help="quantized models scored in one sweep")
+    s.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median kept)")
+    s.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    s.add_argument("--device", help="default: cuda when available, else cpu")
+    s.add_argument("--profile", action="store_true", help="add a torch-profiler table of one sweep")
+    s.add_argument("--eager-kl", action="store_true", help="the eager KL kernel instead of the compiled one")
+    s.add_argument("--out", type=Path, help="write the Markdown table here and its data beside it (.json)")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.bench == "score":
+        return _score(args)
     import torch
 
     from qsens.bench import kernel
@@ -52,4 +68,29 @@ def main(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table)
         args.out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import torch
+
+    from qsens.bench import score
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for m in args.models:
+        if not (m / "config.json").exists():
+            print(f"{m}: not a HF model folder (no config.json)", file=sys.stderr)
+            return 2
+    device = torch.device(args.device) if args.device else None
+    results = [score.run(m, args.text, context=args.context, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                         k=args.k, rounds=args.rounds, device=device, profile=args.profile,
+                         kl_compile=not args.eager_kl) for m in args.models]
+    table = score.to_markdown(results, "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
+                              else "qsens bench score")
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -31,6 +31,8 @@ OUTCOME = [
     ("effective_bits", "REAL"), ("layers_quantized", "INTEGER"), ("backend", "TEXT"),
     ("peak_memory_bytes", "INTEGER"), ("details_json", "TEXT"), ("attempts", "INTEGER DEFAULT 0"),
     ("window_sums", "TEXT"),  # per-window sums for paired comparisons (qsens.metrics.compare)
+    # peaks over the cell's resident group (quantization + scoring): host RSS, CUDA memory, temp-folder bytes
+    ("peak_rss_bytes", "INTEGER"), ("peak_gpu_bytes", "INTEGER"), ("temp_disk_bytes", "INTEGER"),
 ]
 EXTRA_METRICS = [
     "delta_loss_se_iid", "fp_ppl", "q_ppl", "fp_bits_per_byte", "kl_p50", "kl_p90", "kl_p95", "kl_p99", "kl_max",

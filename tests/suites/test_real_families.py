@@ -174,7 +174,7 @@ def _fake_hub(cache: Path, repo: str, revisions: list[str], files: Path) -> None
 
 
 def test_real_families_run_from_a_mocked_hub(tmp_path):
-    pythia = ("pythia-70m-deduped", ["step1000", "step2000"])
+    pythia = ("pythia-70m-deduped", ["step2000", "step4000"])
     olmo2 = ("olmo-2-1b", ["stage1-step40000-tokens84B", "stage2-ingredient3-step23852-tokens51B"])
 
     def shrink(raw):
