@@ -40,14 +40,14 @@ class Protocol(BaseModel):
     )
     joiner: str = Field("\n\n", description="separator between documents when unit is 'stream'")
     detokenize: Literal["none", "wikitext"] = "none"
-    context_length: int = Field(128, ge=2)
-    stride: int | None = Field(None, ge=1, description="defaults to context_length (non-overlapping windows)")
+    context_length: int = Field(128, ge=2, le=1 << 20)
+    stride: int | None = Field(None, ge=1, le=1 << 20, description="defaults to context_length (non-overlapping windows)")
     last_logit: bool = False
     drop_last: bool = False
     align_last: bool = Field(False, description="shift a short last window left to a full context (lm-eval)")
     prefix: Literal["none", "bos", "eos"] = "none"
-    max_tokens: int | None = Field(None, ge=2, description="cap on tokens fed (stream) or summed over documents")
-    batch_size: int = Field(8, ge=1, description="windows per forward pass; does not change any number")
+    max_tokens: int | None = Field(None, ge=2, le=2**63 - 1, description="cap on tokens fed (stream) or summed over documents")
+    batch_size: int = Field(8, ge=1, le=4096, description="windows per forward pass; does not change any number")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "Protocol":
@@ -90,4 +90,4 @@ def resolve_protocol(preset: str | None, overrides: dict) -> Protocol:
     """A preset's fields, then the suite's overrides (which are validated like any protocol)."""
     base = dict(PRESETS[preset]) if preset else {}
     base.update(overrides)
-    return Protocol.model_validate(base)
+    return Protocol.model_validate(base, strict=True)  # a YAML "64" is not 64
