@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             print(f"qsens export: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
+            return 3
     else:
         sys.stdout.write(text)
     return 0
