@@ -87,6 +87,14 @@ def calibration_sampler(suite: Suite, tokenizer) -> Callable[[int, int], torch.T
     return sample
 
 
+def _check_fits(model, ev: EvalText) -> None:
+    """A window longer than the model's positions would be silently wrong or crash deep inside the model."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and ev.protocol.context_length > limit:
+        raise ValueError(f"eval {ev.name!r}: context_length {ev.protocol.context_length} exceeds the model's "
+                         f"max_position_embeddings {limit}: at most {limit}")
+
+
 class _Checkpoint:
     """The state shared by one checkpoint's cells: model, tokenizer, eval tokens, fp references."""
 
@@ -100,7 +108,13 @@ class _Checkpoint:
 
     def reference(self, ev: EvalText) -> tuple[EvalTokens, ReferenceScores]:
         if ev.name not in self.refs:
+            _check_fits(self.model, ev)
             tokens = build_eval_tokens(read_text(ev.path), self.tokenizer, ev.protocol)
+            scored = int(tokens.targets.numel())
+            if ev.protocol.unit == "stream" and scored < ev.protocol.context_length - 1:  # a full window scores cl - 1
+                raise ValueError(f"eval text {ev.name!r} gives {scored} scored tokens, fewer than one window "
+                                 f"(context_length {ev.protocol.context_length}): use a longer text or a shorter "
+                                 "context_length")
             ref = score_reference(self.model, tokens, self.device, ev.protocol.batch_size,
                                   keep_logits="kl" in self.suite.spec.metrics)
             if not np.isfinite(ref.nll).all():
