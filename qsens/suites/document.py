@@ -81,8 +81,8 @@ class _Loader(yaml.SafeLoader):
                     continue  # an unhashable key: SafeLoader's own error names it
                 if first is not None:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {short(key)} (first on line {first}, again on line {line}); "
-                                    "give each key once", key_node.start_mark)
+                        None, None, f"duplicate key {short(key)} (first on line {first}); give each key once",
+                        key_node.start_mark)
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
@@ -99,6 +99,11 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(_BOOL_1_2), l
 def parse_yaml(text: str):
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(str(x) for x in (exc.context, exc.problem) if x)
+        raise InputError([("", f"not valid YAML{at}: {what}")]) from None
     except yaml.YAMLError as exc:
         raise InputError([("", f"not valid YAML: {exc}")]) from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
