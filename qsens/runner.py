@@ -189,10 +189,12 @@ def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: to
             for cell in group:
                 t_c = time.perf_counter()
                 try:
-                    finish(cell, t_c, status="ok", error=None, started_at=started_at, **outcome,
-                           **_score_cell(state, result, cell))
+                    scores = _score_cell(state, result, cell)
                 except Exception as exc:  # noqa: BLE001
                     finish(cell, t_c, status="failed", error=_error_text(exc), started_at=started_at, **outcome)
+                    continue
+                # outside the try: a store that cannot write (disk full) stops the run, it is not this cell's fault
+                finish(cell, t_c, status="ok", error=None, started_at=started_at, **outcome, **scores)
             del result
             gc.collect()
             if device.type == "cuda":

@@ -21,5 +21,5 @@ def main(args: argparse.Namespace) -> int:
     if not (Path(args.results) / DB_NAME).is_file():
         print(f"qsens report: no {DB_NAME} in {args.results}", file=sys.stderr)
         return 2
-    print(effect_markdown(ResultStore(args.results).cells()))
+    print(effect_markdown(ResultStore(args.results, readonly=True).cells()))
     return 0

@@ -119,8 +119,11 @@ def load_fits(con: sqlite3.Connection) -> list[dict]:
 
 
 def load_cells(db_path: str | Path) -> list[dict]:
-    """The ok cells of a results database (what `ResultStore.cells(status='ok')` returns)."""
-    con = connect(db_path)
+    """The ok cells of a results database (what `ResultStore.cells(status='ok')` returns); read-only, so that
+    `qsens fit --no-store` works on a read-only results folder."""
+    from qsens.store.db import connect_readonly
+
+    con = connect_readonly(db_path)
     try:
         return [dict(r) for r in con.execute("SELECT * FROM cells WHERE status = 'ok'")]
     finally:

@@ -62,6 +62,22 @@ class StoreError(RuntimeError):
     """The results database cannot be opened or written (read-only folder, a file in the way, disk full...)."""
 
 
+def connect_readonly(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection that also works in a read-only folder, where SQLite cannot create the WAL's -shm file:
+    then the database is opened as immutable (nobody can write there either). Raises StoreError."""
+    uri = Path(path).resolve().as_uri()
+    for mode in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            con = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=60)
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            error = exc
+            continue
+        con.row_factory = sqlite3.Row
+        return con
+    raise StoreError(f"cannot read {path}: {error}")
+
+
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), so a reused pid is not mistaken for it."""
     try:
@@ -105,10 +121,16 @@ def owner_alive(owner: str | None, claimed_at: str | None) -> bool:
 class ResultStore:
     """The cells of one results folder. Safe to open from several processes (SQLite locking)."""
 
-    def __init__(self, results_dir: str | Path):
+    def __init__(self, results_dir: str | Path, readonly: bool = False):
+        """`readonly`: only read (report, export), which also works in a read-only folder; no migration."""
         self.dir = Path(results_dir)
         self.path = self.dir / DB_NAME
         self.owner = process_id()
+        self.readonly = readonly
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"no {DB_NAME} in {self.dir}")
+            return
         if self.dir.exists() and not self.dir.is_dir():
             raise StoreError(f"results folder {self.dir} is a file, not a folder")
         try:
@@ -127,13 +149,17 @@ class ResultStore:
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection in one transaction: committed on success, rolled back on error, always closed."""
-        try:
-            con = sqlite3.connect(self.path, timeout=60)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from None
+        if self.readonly:
+            con = connect_readonly(self.path)
+        else:
+            try:
+                con = sqlite3.connect(self.path, timeout=60)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open {self.path}: {exc}") from None
         try:
             con.row_factory = sqlite3.Row
-            con.execute("PRAGMA synchronous=FULL")
+            if not self.readonly:
+                con.execute("PRAGMA synchronous=FULL")
             with con:
                 yield con
         except sqlite3.Error as exc:  # read-only folder, disk full, not a database: the transaction rolled back
