@@ -63,10 +63,12 @@ class StoreError(RuntimeError):
 
 
 def connect_readonly(path: str | Path) -> sqlite3.Connection:
-    """A read-only connection that also works in a read-only folder, where SQLite cannot create the WAL's -shm file:
-    then the database is opened as immutable (nobody can write there either). Raises StoreError."""
+    """A connection for reading that also works in a read-only folder. Where the folder is writable it is a plain
+    read-write connection (never creating the file), which removes the WAL's -shm/-wal files when it closes; a
+    `mode=ro` one would leave them behind. Where SQLite cannot even create the -shm file the database is opened as
+    immutable (nobody can write there either). Raises StoreError."""
     uri = Path(path).resolve().as_uri()
-    for mode in ("mode=ro", "mode=ro&immutable=1"):
+    for mode in ("mode=rw", "mode=ro", "mode=ro&immutable=1"):
         try:
             con = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=60)
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
