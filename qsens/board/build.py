@@ -1,10 +1,12 @@
 """`build_board(results_dir, out_dir)`: the whole static site, built aside and swapped in.
 
 The build writes everything into a fresh `<out>.tmp-XXXX` beside `out` (same filesystem, so renames are atomic),
-then renames the old site away, renames the new one in and deletes the old. Any failure before the swap deletes the
-temporary folder and leaves the old site exactly as it was. One build at a time per site: a lock file beside it
-serializes a nightly build with a manual one. A reader hitting the site during the two renames may briefly see no
-site; it never sees half of one.
+then exchanges it with the old site in one atomic `renameat2(RENAME_EXCHANGE)` (Linux) and deletes the old. Where
+the exchange is not available, it renames the old site away and the new one in; a build killed between those two
+renames leaves `<out>.old-XXXX`, which the next build renames back before anything else. Any failure before the
+swap deletes the temporary folder and leaves the old site exactly as it was. One build at a time per site: a lock
+file beside it serializes a nightly build with a manual one. So the site is always the old or the new build, never
+half of one.
 
 The output folder is the board's own: every build writes a marker file (`MARKER`) into it, and a build refuses
 an existing file, or a non-empty folder without the marker (someone's thesis, a results folder), unless forced;
@@ -15,6 +17,7 @@ the site already there leaves that site untouched.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import filecmp
 import json
@@ -110,7 +113,12 @@ def _locked(out: Path) -> Iterator[None]:
 
 
 def _clean_stale(out: Path) -> None:
-    """Remove leftovers of builds that crashed mid-way (we hold the lock, so none is live)."""
+    """Restore a site a killed build had renamed away, and remove leftovers of builds that crashed mid-way (we hold
+    the lock, so none is live)."""
+    if not out.exists() and not out.is_symlink():
+        olds = sorted(out.parent.glob(f"{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if olds and olds[-1].is_dir():
+            os.rename(olds[-1], out)
     now = time.time()
     for pattern in (f"{out.name}.tmp-*", f"{out.name}.old-*"):
         for p in out.parent.glob(pattern):
@@ -118,8 +126,22 @@ def _clean_stale(out: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux renameat2 with RENAME_EXCHANGE); False where that is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def swap_in(new: Path, out: Path) -> None:
-    """Replace folder `out` by `new`: old renamed away, new renamed in, old deleted; old restored on failure."""
+    """Replace folder `out` by `new`: exchanged atomically, or old renamed away, new renamed in (old restored on
+    failure); the old site is deleted."""
+    if out.is_dir() and not out.is_symlink() and _exchange(new, out):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now names the old site
+        return
     old = None
     if out.exists() or out.is_symlink():
         old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))

@@ -4,6 +4,7 @@ rerun on unchanged input changes no byte (database rows, HTML, SVG, JSON, CSV)."
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 from board_synthetic import all_cells, make_results
@@ -88,3 +89,14 @@ def test_fit_and_board_reruns_change_no_byte(tmp_path):
     changed = _tree(site)
     assert changed != first
     assert '"built_at": "2026-12-01T00:00:00+00:00"' in (site / "build.json").read_text()  # the data's time
+
+
+def test_a_site_renamed_away_by_a_killed_build_is_restored(small_results, tmp_path):
+    """The fallback swap renames the old site away, then the new one in: a kill between the two leaves only
+    `<site>.old-*`, which the next build puts back first (so its history carries over)."""
+    site = tmp_path / "site"
+    build_board(small_results, site)
+    os.rename(site, tmp_path / "site.old-killed")
+    again = build_board(small_results, site)
+    assert not again.new_snapshot and again.snapshots == 1  # the old history came back; the data did not change
+    assert not (tmp_path / "site.old-killed").exists() and (site / MARKER).is_file()
