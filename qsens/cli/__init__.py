@@ -9,7 +9,7 @@ Heavy imports belong inside `main`, so `qsens --help` and `qsens validate` stay 
 Exit status: 0 success; 1 the work ran but something in it failed (a cell, a fit, a plot); 2 invalid input or
 usage (a suite, a config, a path); 3 the results folder or an output cannot be read or written (read-only, a
 file in the way, disk full, not a database); 70 an internal error (a bug: one line here, the traceback with
-QSENS_DEBUG=1); 130 interrupted. Every non-zero status comes with a one-line message on stderr, never a traceback.
+QSENS_DEBUG=1); 130 interrupted; 141 the output pipe closed. Every non-zero status comes with a one-line message on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qsens: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `qsens export | head`: the reader left; say nothing, like other Unix tools
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush fails silently too
+        return 141
     except StoreError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 3
