@@ -156,8 +156,9 @@ def _quantizers(spec: SuiteSpec) -> tuple[list[QuantSettings], list[tuple[str, s
                             _sweeps(spec.quantizers[i]).items()) for i, n in counts.items() if n > 1)
         return [], problems + [("quantizers", f"the sweeps make {sum(counts.values()):,} settings, more than the "
                                               f"limit of {MAX_SETTINGS:,} ({factors})")]
-    for i, entry in expand_quantizers([spec.quantizers[i] for i in classes]):
-        i = list(classes)[i]
+    order = list(classes)  # entry indices in the suite, of the entries that may expand
+    for j, entry in expand_quantizers([spec.quantizers[i] for i in order]):
+        i = order[j]
         try:  # through JSON, strictly: a YAML "4" is not 4 and "yes" is not a boolean
             settings.append(classes[i].model_validate_json(json.dumps(entry), strict=True))
         except ValidationError as exc:
