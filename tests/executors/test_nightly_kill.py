@@ -45,6 +45,38 @@ def _history(site: Path) -> set[str]:
     return {p.name for p in (site / "history").iterdir()}
 
 
+def _step_now(db: Path, root: Path) -> str:
+    """Which step a running nightly is in, from what it leaves on disk: a board build folder, or all cells ok
+    (the fit runs between the two), or cells still to compute."""
+    if list(root.glob("site.tmp-*")):
+        return "board"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        pending = con.execute("SELECT count(*) FROM cells WHERE status != 'ok'").fetchone()[0]
+        total = con.execute("SELECT count(*) FROM cells").fetchone()[0]
+    finally:
+        con.close()
+    return "fit" if total == 6 and pending == 0 else "suite"
+
+
+def _computing(db: Path) -> bool:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return con.execute("SELECT count(*) FROM cells WHERE status = 'running'").fetchone()[0] > 0
+    finally:
+        con.close()
+
+
+def _wait_for_step(step: str, proc: subprocess.Popen, db: Path, root: Path) -> None:
+    """Until the nightly has reached `step` (the suite step: once it has claimed cells) or passed it."""
+    order = ("suite", "fit", "board")
+    while proc.poll() is None:
+        now = _step_now(db, root)
+        if order.index(now) > order.index(step) or (now == step and (step != "suite" or _computing(db))):
+            return
+        time.sleep(0.02)
+
+
 def _nightly(config: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "qsens", "nightly", str(config)], cwd=config.parent, env=env,
@@ -70,27 +102,23 @@ def test_nightly_killed_at_random_moments(suite_writer, tmp_path):
     duration = time.perf_counter() - t0
     assert first.returncode == 0 and "Traceback" not in err, err
     record = json.loads((tmp_path / "nightly.jsonl").read_text().splitlines()[-1])
-    steps = [(s["name"].split()[0], s["seconds"]) for s in record["steps"]]
-    startup = duration - sum(sec for _, sec in steps)  # imports and loading, before the first step
-    windows, start = [], startup  # (step, when it starts, how long), from the uninterrupted run's record
-    for name, sec in steps:
-        windows.append((name, start, sec))
-        start += sec
+    seconds = {s["name"].split()[0]: s["seconds"] for s in record["steps"]}
     reference = _site_files(site)
     assert len(_ok_cells(db)) == 6
 
     rng, phases, lost, finished = random.Random(16), Counter(), 0, 0
-    for _ in range(20 if FULL else 3):  # CI: one kill in each step
-        con = sqlite3.connect(db)  # new work for the run step: forget a few cells
+    for i in range(20 if FULL else 3):  # CI: one kill in each step
+        con = sqlite3.connect(db)  # new work for the suite step: forget a few cells
         with con:
             con.execute("DELETE FROM cells WHERE key IN (SELECT key FROM cells ORDER BY key LIMIT ?)",
-                        (rng.randint(0, 3),))
+                        (rng.randint(1, 3),))
         con.close()
         before, snapshots = _ok_cells(db), _history(site)
-        phase, start, sec = windows[len(phases) % len(windows)] if not FULL else rng.choice(windows)
-        at = start + rng.uniform(0, sec)  # a random moment inside that step (step times vary a little per run)
+        target = ("suite", "fit", "board")[i % 3] if not FULL else rng.choice(("suite", "fit", "board"))
         proc = _nightly(config)
-        time.sleep(at)
+        _wait_for_step(target, proc, db, tmp_path)
+        time.sleep(rng.uniform(0, seconds[target] if target != "suite" else 1.0))  # a random moment inside it
+        phase = _step_now(db, tmp_path) if proc.poll() is None else "finished"
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         else:
