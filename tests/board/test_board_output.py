@@ -20,7 +20,13 @@ def _tree(folder) -> dict[str, tuple[str, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_an_unrelated_folder_is_refused_and_kept(small_results, tmp_path, capsys):
+@pytest.fixture
+def no_plots(monkeypatch):
+    """What these tests check does not depend on the plots, the slow part of a build."""
+    monkeypatch.setattr("qsens.board.build.family_plots", lambda *args: [])
+
+
+def test_an_unrelated_folder_is_refused_and_kept(small_results, tmp_path, capsys, no_plots):
     mine = tmp_path / "thesis"
     (mine / "sub").mkdir(parents=True)
     (mine / "thesis.tex").write_text("\\chapter{One}")
@@ -34,7 +40,7 @@ def test_an_unrelated_folder_is_refused_and_kept(small_results, tmp_path, capsys
     assert (mine / MARKER).is_file() and not (mine / "thesis.tex").exists()
 
 
-def test_an_existing_file_is_refused_and_kept(small_results, tmp_path, capsys):
+def test_an_existing_file_is_refused_and_kept(small_results, tmp_path, capsys, no_plots):
     target = tmp_path / "notes.txt"
     target.write_text("my notes")
     assert cli_main(["board", "--results", str(small_results), "--out", str(target)]) == 2
@@ -49,7 +55,7 @@ def test_a_folder_holding_the_results_is_refused_even_with_force(small_results):
     assert (small_results / "qsens.sqlite").is_file()
 
 
-def test_empty_folders_and_own_sites_are_replaced(small_results, tmp_path):
+def test_empty_folders_and_own_sites_are_replaced(small_results, tmp_path, no_plots):
     empty = tmp_path / "empty"
     empty.mkdir()
     build_board(small_results, empty)
@@ -66,7 +72,7 @@ def test_empty_folders_and_own_sites_are_replaced(small_results, tmp_path):
 
 def test_fit_and_board_reruns_change_no_byte(tmp_path):
     cells = [c for c in all_cells() if c["family"] == "novels-probe" and c["eval"] == "vathek"
-             and c["schedule"] == "cosine"]
+             and c["schedule"] == "cosine" and c["bits"] in (2, 4)]  # few plots: a fast build
     results = make_results(tmp_path / "results", fits=False, cells=cells)
     fit = ["fit", "--results", str(results), "--bootstrap", "10", "--law", "ouyang"]
     assert cli_main(fit) == 0
@@ -91,7 +97,7 @@ def test_fit_and_board_reruns_change_no_byte(tmp_path):
     assert '"built_at": "2026-12-01T00:00:00+00:00"' in (site / "build.json").read_text()  # the data's time
 
 
-def test_a_site_renamed_away_by_a_killed_build_is_restored(small_results, tmp_path):
+def test_a_site_renamed_away_by_a_killed_build_is_restored(small_results, tmp_path, no_plots):
     """The fallback swap renames the old site away, then the new one in: a kill between the two leaves only
     `<site>.old-*`, which the next build puts back first (so its history carries over)."""
     site = tmp_path / "site"
