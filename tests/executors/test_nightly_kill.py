@@ -45,10 +45,10 @@ def _history(site: Path) -> set[str]:
     return {p.name for p in (site / "history").iterdir()}
 
 
-def _step_now(db: Path, root: Path) -> str:
-    """Which step a running nightly is in, from what it leaves on disk: a board build folder, or all cells ok
-    (the fit runs between the two), or cells still to compute."""
-    if list(root.glob("site.tmp-*")):
+def _step_now(db: Path, root: Path, stale: set) -> str:
+    """Which step a running nightly is in, from what it leaves on disk: a new board build folder (`stale` ones are
+    left by killed builds), or all cells ok (the fit runs between the two), or cells still to compute."""
+    if set(root.glob("site.tmp-*")) - stale:
         return "board"
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
@@ -67,11 +67,11 @@ def _computing(db: Path) -> bool:
         con.close()
 
 
-def _wait_for_step(step: str, proc: subprocess.Popen, db: Path, root: Path) -> None:
+def _wait_for_step(step: str, proc: subprocess.Popen, db: Path, root: Path, stale: set) -> None:
     """Until the nightly has reached `step` (the suite step: once it has claimed cells) or passed it."""
     order = ("suite", "fit", "board")
     while proc.poll() is None:
-        now = _step_now(db, root)
+        now = _step_now(db, root, stale)
         if order.index(now) > order.index(step) or (now == step and (step != "suite" or _computing(db))):
             return
         time.sleep(0.02)
@@ -115,10 +115,11 @@ def test_nightly_killed_at_random_moments(suite_writer, tmp_path):
         con.close()
         before, snapshots = _ok_cells(db), _history(site)
         target = ("suite", "fit", "board")[i % 3] if not FULL else rng.choice(("suite", "fit", "board"))
+        stale = set(tmp_path.glob("site.tmp-*"))
         proc = _nightly(config)
-        _wait_for_step(target, proc, db, tmp_path)
-        time.sleep(rng.uniform(0, seconds[target] if target != "suite" else 1.0))  # a random moment inside it
-        phase = _step_now(db, tmp_path) if proc.poll() is None else "finished"
+        _wait_for_step(target, proc, db, tmp_path, stale)
+        time.sleep(rng.uniform(0, 0.8 * seconds[target] if target != "suite" else 1.0))  # a moment inside it
+        phase = _step_now(db, tmp_path, stale) if proc.poll() is None else "finished"
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         else:
