@@ -1,7 +1,8 @@
 """Kill test of `qsens nightly` (issue 16): SIGKILL at seeded random moments across its run, fit and board steps,
 then a rerun. After every kill the store passes `PRAGMA integrity_check`, every cell that was 'ok' before is still
 'ok' and unchanged, and the site is a complete build (the old or the new one: the same files, every JSON readable),
-never half of one. CI kills once in each step (3 kills); QSENS_HEAVY=full kills 20 times in random steps."""
+never half of one. CI kills once in the fit and once in the board step; QSENS_HEAVY=full kills 20 times in random
+steps (suite, fit, board)."""
 
 from __future__ import annotations
 
@@ -107,14 +108,15 @@ def test_nightly_killed_at_random_moments(suite_writer, tmp_path):
     assert len(_ok_cells(db)) == 6
 
     rng, phases, lost, finished = random.Random(16), Counter(), 0, 0
-    for i in range(20 if FULL else 3):  # CI: one kill in each step
+    for i in range(20 if FULL else 2):  # CI: one kill in the fit step, one in the board step
         con = sqlite3.connect(db)  # new work for the suite step: forget a few cells
         with con:
             con.execute("DELETE FROM cells WHERE key IN (SELECT key FROM cells ORDER BY key LIMIT ?)",
                         (rng.randint(1, 3),))
         con.close()
         before, snapshots = _ok_cells(db), _history(site)
-        target = ("suite", "fit", "board")[i % 3] if not FULL else rng.choice(("suite", "fit", "board"))
+        # (test_faults.py kills `qsens run` itself; CI adds kills in the steps only the nightly has)
+        target = ("fit", "board")[i % 2] if not FULL else rng.choice(("suite", "fit", "board"))
         stale = set(tmp_path.glob("site.tmp-*"))
         proc = _nightly(config)
         _wait_for_step(target, proc, db, tmp_path, stale)
