@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
@@ -59,12 +58,18 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | Path) -> NightlyConfig:
+    from qsens.suites import document
+
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:  # read like a suite: size cap, UTF-8, duplicate keys and 64-bit integers are errors
+        raw = document.parse_yaml(document.read_text(path))
+        problems = document.check_tree(raw)
+        if problems:
+            raise document.InputError(problems)
         return NightlyConfig.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    except document.InputError as exc:
+        raise ConfigError(f"{path}: invalid nightly config\n  " + "\n  ".join(
+            f"{path}: {w or '<top>'}: {m}" for w, m in exc.problems)) from None
     except ValidationError as exc:
         lines = [f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors()]
         raise ConfigError(f"{path}: invalid nightly config\n  " + "\n  ".join(lines)) from None

@@ -94,6 +94,14 @@ def calibration_sampler(suite: Suite, tokenizer) -> Callable[[int, int], torch.T
     return sample
 
 
+def _check_fits(model, eval_name: str, context_length: int) -> None:
+    """A window longer than the model's positions would be silently wrong or crash deep inside the model."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and context_length > limit:
+        raise ValueError(f"eval {eval_name!r}: context_length {context_length} exceeds the model's "
+                         f"max_position_embeddings {limit}: at most {limit}")
+
+
 class _Checkpoint:
     """The state shared by one checkpoint's cells: model, tokenizer, eval tokens."""
 
@@ -107,8 +115,16 @@ class _Checkpoint:
 
     def eval_tokens(self, ev: EvalText) -> EvalTokens:
         if ev.name not in self.tokens:
-            self.tokens[ev.name] = build_eval_tokens(read_text(ev.path), self.tokenizer, ev.protocol,
-                                                     model_max_length(self.model.config, self.tokenizer))
+            max_length = model_max_length(self.model.config, self.tokenizer)
+            context_length = ev.protocol.resolved(max_length).context_length
+            _check_fits(self.model, ev.name, context_length)
+            tokens = build_eval_tokens(read_text(ev.path), self.tokenizer, ev.protocol, max_length)
+            scored = int(tokens.targets.numel())
+            if ev.protocol.unit == "stream" and scored < context_length - 1:  # a full window scores cl - 1
+                raise ValueError(f"eval text {ev.name!r} gives {scored} scored tokens, fewer than one window "
+                                 f"(context_length {context_length}): use a longer text or a shorter "
+                                 "context_length")
+            self.tokens[ev.name] = tokens
         return self.tokens[ev.name]
 
     def quantize(self, settings: QuantSettings) -> QuantResult:

@@ -106,6 +106,7 @@ def test_nightly_fails_when_a_step_fails_but_runs_the_rest(tiny_model, tmp_path,
     bad = tmp_path / "not-a-model"
     bad.mkdir()
     (bad / "config.json").write_text("{}")
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")  # passes validate, fails to load
     _suite(tmp_path, "broken", tiny_model, extra_ckpt=f"      - {{path: {bad}, name: bad, n_params: 4096, tokens: 1}}\n")
     config = _config(tmp_path, """\
         suites:

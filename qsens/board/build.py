@@ -1,15 +1,25 @@
 """`build_board(results_dir, out_dir)`: the whole static site, built aside and swapped in.
 
 The build writes everything into a fresh `<out>.tmp-XXXX` beside `out` (same filesystem, so renames are atomic),
-then renames the old site away, renames the new one in and deletes the old. Any failure before the swap deletes the
-temporary folder and leaves the old site exactly as it was. One build at a time per site: a lock file beside it
-serializes a nightly build with a manual one. A reader hitting the site during the two renames may briefly see no
-site; it never sees half of one.
+then exchanges it with the old site in one atomic `renameat2(RENAME_EXCHANGE)` (Linux) and deletes the old. Where
+the exchange is not available, it renames the old site away and the new one in; a build killed between those two
+renames leaves `<out>.old-XXXX`, which the next build renames back before anything else. Any failure before the
+swap deletes the temporary folder and leaves the old site exactly as it was. One build at a time per site: a lock
+file beside it serializes a nightly build with a manual one. So the site is always the old or the new build, never
+half of one.
+
+The output folder is the board's own: every build writes a marker file (`MARKER`) into it, and a build refuses
+an existing file, or a non-empty folder without the marker (someone's thesis, a results folder), unless forced;
+it never replaces a folder that holds the results it reads. A build is a function of its input: the build time
+shown is the time of the newest cell, fit or run record (not the wall clock), and a build equal byte for byte to
+the site already there leaves that site untouched.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import filecmp
 import json
 import os
 import shutil
@@ -29,6 +39,59 @@ from qsens.board.render import render_pages, write_data
 
 # Temporary or displaced folders older than this are from a crashed build (a live build holds the lock).
 STALE_SECONDS = 3600
+MARKER = ".qsens-board"
+
+
+class OutputError(ValueError):
+    """The output path is not the board's to replace."""
+
+
+def check_output(out: Path, results: Path, force: bool = False) -> None:
+    """Raise OutputError unless `out` is absent, an empty folder, a qsens site, or `force` is given (and even then
+    never a folder holding the results the board is built from)."""
+    if out == results or out in results.parents:
+        raise OutputError(f"--out {out} holds the results the board is built from ({results}); choose another folder")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        if force:
+            return
+        raise OutputError(f"--out {out} is an existing file, not a site folder; refusing to replace it "
+                          "(choose another path, or --force to replace it)")
+    if (out / MARKER).is_file() or ((out / "build.json").is_file() and (out / "index.html").is_file()):
+        return  # a qsens site (sites built before the marker existed have build.json and index.html)
+    try:
+        entries = sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot list it: {exc.strerror or exc}") from None
+    if entries and not force:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise OutputError(f"--out {out} is a non-empty folder that is not a qsens site (no {MARKER}; it holds "
+                          f"{shown}); refusing to replace it (choose another folder, or --force to replace it)")
+
+
+def data_time(data: board_data.BoardData) -> datetime:
+    """The newest timestamp in the input (cells, fits, run records); the wall clock when there is none."""
+    stamps = [c.get(k) for c in data.cells for k in ("finished_at", "started_at")]
+    stamps += [f.get("created_at") for f in data.fits] + [r.get(k) for r in data.runs for k in ("finished_at", "started_at")]
+    parsed = []
+    for s in stamps:
+        try:
+            t = datetime.fromisoformat(str(s))
+        except ValueError:
+            continue
+        parsed.append(t if t.tzinfo else t.replace(tzinfo=timezone.utc))
+    return max(parsed) if parsed else datetime.now(timezone.utc)
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    """True when folders `a` and `b` hold the same files with the same bytes."""
+    cmp = filecmp.dircmp(a, b, ignore=[])
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    if filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)[1:] != ([], []):
+        return False
+    return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
 
 
 @dataclass
@@ -50,7 +113,12 @@ def _locked(out: Path) -> Iterator[None]:
 
 
 def _clean_stale(out: Path) -> None:
-    """Remove leftovers of builds that crashed mid-way (we hold the lock, so none is live)."""
+    """Restore a site a killed build had renamed away, and remove leftovers of builds that crashed mid-way (we hold
+    the lock, so none is live)."""
+    if not out.exists() and not out.is_symlink():
+        olds = sorted(out.parent.glob(f"{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if olds and olds[-1].is_dir():
+            os.rename(olds[-1], out)
     now = time.time()
     for pattern in (f"{out.name}.tmp-*", f"{out.name}.old-*"):
         for p in out.parent.glob(pattern):
@@ -58,10 +126,24 @@ def _clean_stale(out: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux renameat2 with RENAME_EXCHANGE); False where that is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def swap_in(new: Path, out: Path) -> None:
-    """Replace folder `out` by `new`: old renamed away, new renamed in, old deleted; old restored on failure."""
+    """Replace folder `out` by `new`: exchanged atomically, or old renamed away, new renamed in (old restored on
+    failure); the old site is deleted."""
+    if out.is_dir() and not out.is_symlink() and _exchange(new, out):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now names the old site
+        return
     old = None
-    if out.exists():
+    if out.exists() or out.is_symlink():
         old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
         old.rmdir()  # only the unique name is wanted: rename needs the target not to exist
         os.rename(out, old)
@@ -71,8 +153,10 @@ def swap_in(new: Path, out: Path) -> None:
         if old is not None:
             os.rename(old, out)
         raise
-    if old is not None:
+    if old is not None and old.is_dir() and not old.is_symlink():
         shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink(missing_ok=True)  # a file replaced with --force
 
 
 def _history(out: Path, tmp: Path, data: board_data.BoardData, now: datetime) -> tuple[list, list, list, bool]:
@@ -100,25 +184,33 @@ def _build_into(tmp: Path, out: Path, data: board_data.BoardData, now: datetime)
     return BuildResult(out, len(site["rows"]), len(site["families"]), len(snaps), added, errors)
 
 
-def build_board(results_dir: str | Path, out_dir: str | Path, now: datetime | None = None) -> BuildResult:
+def build_board(results_dir: str | Path, out_dir: str | Path, now: datetime | None = None,
+                force: bool = False) -> BuildResult:
     """Build the site for every results folder under `results_dir` into `out_dir`, atomically.
 
-    Raises FileNotFoundError when `results_dir` holds no results database; any error leaves `out_dir` untouched.
-    `now` fixes the build time (tests; a nightly job may pass its run's start time).
+    Raises FileNotFoundError when `results_dir` holds no results database and OutputError when `out_dir` is not
+    the board's to replace (see `check_output`); any error leaves `out_dir` untouched. `now` fixes the build time
+    (default: the newest timestamp in the data, so an unchanged input rebuilds the same bytes).
     """
-    data = board_data.load(results_dir)
     out = Path(out_dir).resolve()
+    check_output(out, Path(results_dir).resolve(), force)
+    data = board_data.load(results_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    now = now or datetime.now(timezone.utc)
+    now = now or data_time(data)
     with _locked(out):
+        check_output(out, Path(results_dir).resolve(), force)  # again, under the lock
         _clean_stale(out)
         tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
         try:
             result = _build_into(tmp, out, data, now)
             (tmp / "build.json").write_text(json.dumps({"built_at": now.isoformat(timespec="seconds"),
                                                         "sources": data.sources, "rows": result.rows}) + "\n")
+            (tmp / MARKER).write_text("qsens board site: `qsens board` replaces this whole folder on every build\n")
             os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a static host must be able to read the site
-            swap_in(tmp, out)
+            if out.is_dir() and same_tree(tmp, out):
+                shutil.rmtree(tmp)  # nothing changed: leave every byte (and mtime) of the site as it is
+            else:
+                swap_in(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -42,10 +42,11 @@ def result_dirs(path: str | Path) -> list[Path]:
 
 
 def _connect_ro(db: Path) -> sqlite3.Connection:
-    # Read-only URI: the board never creates, migrates or locks a results database for writing.
-    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
-    con.row_factory = sqlite3.Row
-    return con
+    # Read-only: the board never creates, migrates or locks a results database for writing (and reads one in a
+    # read-only folder).
+    from qsens.store.db import connect_readonly
+
+    return connect_readonly(db)
 
 
 def _table_rows(db: Path, table: str) -> list[dict]:

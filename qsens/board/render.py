@@ -10,7 +10,7 @@ from pathlib import Path
 
 from qsens.board import fmt
 from qsens.board.model import PROVENANCE, family_page
-from qsens.store.export import to_csv, to_json
+from qsens.store.export import csv_safe, to_csv, to_json
 
 HERE = Path(__file__).parent
 # The leaderboard export, in column order: one row per index row (see qsens.board.model).
@@ -76,7 +76,7 @@ def leaderboard_csv(site: dict) -> str:
     writer.writeheader()
     for r in site["rows"]:
         rec = leaderboard_record(r)
-        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in rec.items()})
+        writer.writerow({k: csv_safe(json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in rec.items()})
     return buf.getvalue()
 
 

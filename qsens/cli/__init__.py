@@ -5,12 +5,19 @@
     main(args: Namespace) -> int                the exit status
 
 Heavy imports belong inside `main`, so `qsens --help` and `qsens validate` stay fast.
+
+Exit status: 0 success; 1 the work ran but something in it failed (a cell, a fit, a plot); 2 invalid input or
+usage (a suite, a config, a path); 3 the results folder or an output cannot be read or written (read-only, a
+file in the way, disk full, not a database); 70 an internal error (a bug: one line here, the traceback with
+QSENS_DEBUG=1); 130 interrupted; 141 the output pipe closed. Every non-zero status comes with a one-line message on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sqlite3
 import sys
 
 COMMANDS: dict[str, str] = {
@@ -47,11 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from qsens.store.db import StoreError
+
+    prog = f"qsens {args.command}"
     try:
         return int(args._main(args) or 0)
     except KeyboardInterrupt:
         print("qsens: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `qsens export | head`: the reader left; say nothing, like other Unix tools
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush fails silently too
+        return 141
+    except StoreError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 3
+    except (OSError, sqlite3.Error) as exc:
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"{prog}: cannot read or write{where}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 3
+    except Exception as exc:  # noqa: BLE001 - a bug, but an unattended run still gets one line, not a traceback
+        if os.environ.get("QSENS_DEBUG"):
+            raise
+        print(f"{prog}: internal error: {type(exc).__name__}: {str(exc)[:500]} (QSENS_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

@@ -11,15 +11,18 @@ HELP = "render results and fits into a static HTML site with leaderboard.json/.c
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True,
                         help="a results folder (holds qsens.sqlite) or a parent of several, e.g. results/")
-    parser.add_argument("--out", required=True, help="site folder; replaced atomically, its history/ carried over")
+    parser.add_argument("--out", required=True, help="site folder; replaced atomically, its history/ carried over. "
+                        "An existing file or a non-empty folder that is not a qsens site is refused")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out even if it is a file or a folder that is not a qsens site")
 
 
 def main(args: argparse.Namespace) -> int:
-    from qsens.board.build import build_board
+    from qsens.board.build import OutputError, build_board
 
     try:
-        result = build_board(args.results, args.out)
-    except FileNotFoundError as exc:
+        result = build_board(args.results, args.out, force=args.force)
+    except (FileNotFoundError, OutputError) as exc:
         print(f"qsens board: {exc}", file=sys.stderr)
         return 2
     for err in result.plot_errors:

@@ -24,7 +24,7 @@ def main(args: argparse.Namespace) -> int:
     if not (Path(args.results) / DB_NAME).is_file():
         print(f"qsens export: no {DB_NAME} in {args.results}", file=sys.stderr)
         return 2
-    cells = ResultStore(args.results).cells(status=args.status)
+    cells = ResultStore(args.results, readonly=True).cells(status=args.status)
     text = to_json(cells) if args.format == "json" else to_csv(cells)
     if args.output:
         out = Path(args.output)
@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             print(f"qsens export: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
+            return 3
     else:
         sys.stdout.write(text)
     return 0

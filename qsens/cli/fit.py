@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -22,6 +23,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="P of the pooled laws: nominal bits, effective bits per weight (scales and zeros "
                         "included, the cells' effective_bits), or both (default)")
     parser.add_argument("--no-store", action="store_true", help="print only; leave the fits table as it is")
+
+
+def _writable(store, db: Path) -> bool:
+    """Take the write lock once, before minutes of fitting, so a read-only results folder fails at once."""
+    try:
+        con = store.connect(db)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.rollback()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        print(f"qsens fit: cannot write the fits to {db}: {exc} (--no-store only prints them)", file=sys.stderr)
+        return False
+    return True
 
 
 def main(args: argparse.Namespace) -> int:
@@ -44,6 +60,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"qsens fit: unknown metric {args.metric!r}; cell columns include delta_loss, kl_mean, ppl_ratio",
               file=sys.stderr)
         return 2
+    if not args.no_store and not _writable(store, db):
+        return 3
     laws = tuple(LAWS[name] for name in (args.law or LAW_CHOICES))
     axes = ("nominal", "effective") if args.bits_axis == "both" else (args.bits_axis,)
     fitted = fit_cells(cells, metric=args.metric, n_boot=args.bootstrap, seed=args.seed, laws=laws, bits_axes=axes)
@@ -53,6 +71,9 @@ def main(args: argparse.Namespace) -> int:
         con = store.connect(db)
         try:
             store.save_fits(con, records, comparisons)
+        except sqlite3.Error as exc:  # disk full since the check: the transaction rolled back, old fits intact
+            print(f"qsens fit: cannot store the fits in {db}: {exc}", file=sys.stderr)
+            return 3
         finally:
             con.close()
     print(report.summary(records, comparisons))

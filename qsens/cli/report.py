@@ -57,6 +57,6 @@ def main(args: argparse.Namespace) -> int:
     if args.readme is not None:
         print("qsens report: --readme needs --claims", file=sys.stderr)
         return 2
-    print(effect_markdown(ResultStore(args.results).cells()))
+    print(effect_markdown(ResultStore(args.results, readonly=True).cells()))
     print(_fit_section(args.results))
     return 0

@@ -1,6 +1,7 @@
 """Executors decide where checkpoints run; the driver alone writes to the store.
 
-`run_suite` is the whole loop: plan cells, skip the finished ones, run the rest, summarise.
+`run_suite` is the whole loop: plan cells, skip the finished ones, claim the rest checkpoint by checkpoint (cells
+another live run has claimed are left to it: two runs on one results folder share the work), run, summarise.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qsens.runner import Cell, plan_cells
+from qsens.runner import Cell, identity_row, plan_cells
 from qsens.store import ResultStore
 from qsens.suites.load import Suite
 
@@ -22,6 +23,9 @@ class RunSummary:
     planned: int
     skipped: int
     statuses: Counter = field(default_factory=Counter)
+    # cells left to another live run (key -> its owner), and cells finished by another run meanwhile
+    elsewhere: dict = field(default_factory=dict)
+    done_elsewhere: int = 0
 
     @property
     def failed(self) -> int:
@@ -74,9 +78,18 @@ def run_suite(suite: Suite, results_dir: str | Path, executor: str = "local", pr
     def record(row: dict) -> None:
         if row["status"] == "running":
             store.mark_running(row)
-        else:
-            store.save(row)
+        elif store.save(row):
             summary.statuses[row["status"]] += 1
 
-    run(suite, group_by_checkpoint(todo), record, progress=progress, **executor_options)
+    def claim(group: list[Cell]) -> list[Cell]:
+        claimed, elsewhere = store.claim([identity_row(c, suite.name) for c in group])
+        summary.elsewhere.update(elsewhere)
+        summary.done_elsewhere += len(group) - len(claimed) - len(elsewhere)
+        return [c for c in group if c.key in set(claimed)]
+
+    groups = group_by_checkpoint(todo)
+    if executor == "local":
+        run(suite, groups, record, progress=progress, claim=claim, **executor_options)
+    else:  # a distributed executor gets its work up front: claim it all now
+        run(suite, [g for g in map(claim, groups) if g], record, progress=progress, **executor_options)
     return summary

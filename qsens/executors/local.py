@@ -12,7 +12,10 @@ from qsens.runner import Cell, run_checkpoint
 from qsens.suites.load import Suite
 
 
-def run_local(suite: Suite, groups: list[list[Cell]], record: Callable[[dict], None], progress: bool = True) -> None:
+def run_local(suite: Suite, groups: list[list[Cell]], record: Callable[[dict], None], progress: bool = True,
+              claim: Callable[[list[Cell]], list[Cell]] | None = None) -> None:
+    """Compute each group (one checkpoint's cells) in turn; `claim` filters a group, just before it runs, down to
+    the cells this process may compute (the others are done or held by another run)."""
     device = resolve_device(suite.spec.device)
     prov = provenance(device)
     total = sum(len(g) for g in groups)
@@ -25,4 +28,7 @@ def run_local(suite: Suite, groups: list[list[Cell]], record: Callable[[dict], N
                 bar.update(1)
 
         for group in groups:
-            run_checkpoint(suite, group[0].checkpoint, group, device, emit, prov)
+            mine = claim(group) if claim else group
+            bar.update(len(group) - len(mine))
+            if mine:
+                run_checkpoint(suite, mine[0].checkpoint, mine, device, emit, prov)

@@ -197,6 +197,10 @@ def train_ladder(spec_path: str | Path, out: str | Path, sizes: list[str] | None
     from qsens.families.spec import load_ladder_spec
 
     spec = load_ladder_spec(spec_path)
+    unknown = sorted(set(sizes or ()) - {s.name for s in spec.sizes})
+    if unknown:
+        raise ValueError(f"{spec_path}: --sizes {','.join(unknown)}: no such size in sizes "
+                         f"(allowed: {', '.join(s.name for s in spec.sizes)})")
     if spec.threads:
         torch.set_num_threads(spec.threads)
     ladder = Ladder(spec, Path(spec_path), Path(out), log)

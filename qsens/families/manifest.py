@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_FORMAT = 1
+INT64_MAX = 2**63 - 1  # what SQLite's INTEGER holds
 
 
 class ManifestCheckpoint(BaseModel):
@@ -29,15 +30,15 @@ class ManifestCheckpoint(BaseModel):
     path: str = Field(description="HF folder, relative to the manifest's folder")
     size: str = Field(description="size label of the ladder rung, e.g. 's32'")
     schedule: str = Field(description="learning-rate schedule: 'cosine', 'wsd', 'constant', ...")
-    n_params: int = Field(description="non-embedding parameters N (embeddings and untied head excluded)")
-    n_params_total: int
-    tokens: int = Field(description="pretraining tokens D seen up to this checkpoint, exactly")
-    steps: int
-    tokens_per_step: int = Field(description="batch size x sequence length")
+    n_params: int = Field(ge=1, le=INT64_MAX, description="non-embedding parameters N (embeddings and untied head excluded)")
+    n_params_total: int = Field(ge=1, le=INT64_MAX)
+    tokens: int = Field(ge=1, le=INT64_MAX, description="pretraining tokens D seen up to this checkpoint, exactly")
+    steps: int = Field(ge=0, le=INT64_MAX)
+    tokens_per_step: int = Field(ge=1, le=INT64_MAX, description="batch size x sequence length")
     epochs: float = Field(description="tokens / training-corpus tokens (>1 means data was repeated)")
     lr_at_checkpoint: float
     peak_lr: float
-    seed: int
+    seed: int = Field(ge=0, le=INT64_MAX)
     data_order: str = Field(description="how batches were drawn, enough to reproduce the order")
     train_seconds: float = 0.0
     extra: dict = Field(default_factory=dict, description="anything else the trainer wants to record")
@@ -57,9 +58,17 @@ class Manifest(BaseModel):
         return (Path(manifest_path).parent / checkpoint.path).resolve()
 
 
-def read_manifest(path: str | Path) -> Manifest:
-    path = Path(path)
-    return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+def read_manifest(path: str | Path, max_bytes: int = 64 << 20) -> Manifest:
+    """The manifest, strictly typed (a JSON "4" is not 4; a key given twice is an error). Raises
+    `qsens.suites.document.InputError` when the file is unreadable, too large, not UTF-8 or not JSON, and
+    pydantic's ValidationError when a field is wrong."""
+    from qsens.suites import document
+
+    raw = document.parse_json(document.read_text(Path(path), max_bytes=max_bytes))
+    problems = document.check_tree(raw)
+    if problems:
+        raise document.InputError(problems)
+    return Manifest.model_validate_json(json.dumps(raw), strict=True)
 
 
 def write_manifest(manifest: Manifest, path: str | Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
@@ -62,9 +61,18 @@ class LadderSpec(_Strict):
 
 
 def load_ladder_spec(path: str | Path) -> LadderSpec:
+    from qsens.suites import document
+
     path = Path(path)
-    try:
-        return LadderSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    try:  # read like a suite: size cap, UTF-8, duplicate keys and 64-bit integers are errors
+        raw = document.parse_yaml(document.read_text(path))
+        problems = document.check_tree(raw)
+        if problems:
+            raise document.InputError(problems)
+        return LadderSpec.model_validate(raw)
+    except document.InputError as exc:
+        raise ValueError("invalid family spec\n  " + "\n  ".join(f"{path}: {w or '<top>'}: {m}"
+                                                                   for w, m in exc.problems)) from None
     except ValidationError as exc:
         lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or '<top>'}: "
                  f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}" for e in exc.errors()]

@@ -9,11 +9,16 @@ save. `diagnostics` (JSON) and `verdict` ("fits", "does not fit", "degenerate", 
 whether the law fits (qsens.fit.diagnostics); `fp_verdict` is the verdict of the fp-loss fit beside a D* table.
 Structured columns are JSON. `fit_comparisons` holds the schedule comparisons of the last run, keyed by the two
 fits' keys (comparisons of superseded fits are dropped).
+
+Re-running `qsens fit` on unchanged cells changes no byte of the database: a row equal to the stored one (floats
+to 1e-9 relative, NaN equal to NaN, `created_at` aside) is left as it is, so its `created_at` says when the fit
+last changed rather than when it was last recomputed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,8 +68,33 @@ def _row(record: dict, created_at: str) -> dict:
     return row
 
 
+def _same(a, b) -> bool:
+    """Equal as stored data, floats to 1e-9 relative (a refit may differ in the last digit), NaN equal to NaN."""
+    if isinstance(a, str) and isinstance(b, str) and a[:1] in "[{" and b[:1] in "[{":
+        try:
+            return _same(json.loads(a), json.loads(b))
+        except ValueError:
+            return a == b
+    if isinstance(a, float) or isinstance(b, float):
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            return False
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _unchanged(con: sqlite3.Connection, table: str, where: dict, row: dict) -> bool:
+    clause = " AND ".join(f"{k} IS ?" for k in where)
+    old = con.execute(f"SELECT * FROM {table} WHERE {clause}", list(where.values())).fetchone()
+    return old is not None and all(_same(old[k], v) for k, v in row.items() if k != "created_at")
+
+
 def save_fits(con: sqlite3.Connection, records: list[dict], comparisons: list[dict] = ()) -> int:
-    """Insert or replace fits (and drop superseded rows of the same identity), in one transaction."""
+    """Insert or replace fits (and drop superseded rows of the same identity), in one transaction; rows equal to
+    the stored ones are not rewritten (see the module docstring)."""
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with con:
         ensure_tables(con)
@@ -73,11 +103,16 @@ def save_fits(con: sqlite3.Connection, records: list[dict], comparisons: list[di
             row = _row(record, created_at)
             where = " AND ".join(f"{k} IS ?" for k in IDENTITY)
             con.execute(f"DELETE FROM fits WHERE key != ? AND {where}", [row["key"], *(row[k] for k in IDENTITY)])
+            if _unchanged(con, "fits", {"key": row["key"]}, row):
+                continue
             con.execute(f"INSERT OR REPLACE INTO fits ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                         list(row.values()))
         for c in comparisons:
-            con.execute("INSERT OR REPLACE INTO fit_comparisons VALUES (?, ?, ?, ?, ?)",
-                        (*c["fit_keys"], c["exponent"], json.dumps(c, sort_keys=True), created_at))
+            row = {"fit_a": c["fit_keys"][0], "fit_b": c["fit_keys"][1], "exponent": c["exponent"],
+                   "body": json.dumps(c, sort_keys=True), "created_at": created_at}
+            if _unchanged(con, "fit_comparisons", {k: row[k] for k in ("fit_a", "fit_b", "exponent")}, row):
+                continue
+            con.execute("INSERT OR REPLACE INTO fit_comparisons VALUES (?, ?, ?, ?, ?)", list(row.values()))
         # comparisons of fits that were superseded compare nothing stored any more
         con.execute("DELETE FROM fit_comparisons WHERE fit_a NOT IN (SELECT key FROM fits) "
                     "OR fit_b NOT IN (SELECT key FROM fits)")
@@ -100,8 +135,11 @@ def load_comparisons(con: sqlite3.Connection) -> list[dict]:
 
 
 def load_cells(db_path: str | Path) -> list[dict]:
-    """The ok cells of a results database (what `ResultStore.cells(status='ok')` returns)."""
-    con = connect(db_path)
+    """The ok cells of a results database (what `ResultStore.cells(status='ok')` returns); read-only, so that
+    `qsens fit --no-store` works on a read-only results folder."""
+    from qsens.store.db import connect_readonly
+
+    con = connect_readonly(db_path)
     try:
         return [dict(r) for r in con.execute("SELECT * FROM cells WHERE status = 'ok'")]
     finally:

@@ -2,15 +2,26 @@
 
 A cell's `key` hashes its full configuration (see `qsens.store.keys`), so a changed protocol, eval text,
 checkpoint or quantizer setting is a new cell, never a reused number. The database runs in WAL mode with
-synchronous=FULL: a crash (even `kill -9`) loses at most the cell in flight, which stays 'running' and is
-recomputed on the next run, like a failed one.
+synchronous=FULL: a crash (even `kill -9`) loses only work in flight (see `claim`); finished cells are never lost.
+
+Several processes may run on one results folder: a run *claims* a checkpoint's pending cells in one
+`BEGIN IMMEDIATE` transaction before computing them, recording itself as their `owner` ("host:pid:start time").
+A claimed cell is 'running' with no `started_at` until its quantizer setting starts (`mark_running`), so after a
+crash the cells with a `started_at` are the ones that were in flight.
+A claim takes a cell that has no row, a failed row, or a 'running' row whose owner is dead (same host, process
+gone) or unknown; it never takes an 'ok' row or a cell a live process is computing. So two runs share the work,
+and a claimed cell left 'running' by a killed run is recomputed by the next one. A claim from another host is
+respected for `FOREIGN_CLAIM_HOURS` (its liveness cannot be checked). A finished row never replaces an 'ok' one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -33,6 +44,7 @@ OUTCOME = [
     ("window_sums", "TEXT"),  # per-window sums for paired comparisons (qsens.metrics.compare)
     # peaks over the cell's resident group (quantization + scoring): host RSS, CUDA memory, temp-folder bytes
     ("peak_rss_bytes", "INTEGER"), ("peak_gpu_bytes", "INTEGER"), ("temp_disk_bytes", "INTEGER"),
+    ("owner", "TEXT"), ("claimed_at", "TEXT"),  # who claimed the cell, "host:pid:start time", and when
 ]
 EXTRA_METRICS = [
     "delta_loss_se_iid", "fp_ppl", "q_ppl", "fp_bits_per_byte", "kl_p50", "kl_p90", "kl_p95", "kl_p99", "kl_max",
@@ -47,15 +59,90 @@ PROVENANCE = [
 ]
 COLUMNS = IDENTITY + OUTCOME + [(m, "REAL") for m in METRIC_COLUMNS] + PROVENANCE
 COLUMN_NAMES = [name for name, _ in COLUMNS]
+FOREIGN_CLAIM_HOURS = 24
+
+
+class StoreError(RuntimeError):
+    """The results database cannot be opened or written (read-only folder, a file in the way, disk full...)."""
+
+
+def connect_readonly(path: str | Path) -> sqlite3.Connection:
+    """A connection for reading that also works in a read-only folder. Where the folder is writable it is a plain
+    read-write connection (never creating the file), which removes the WAL's -shm/-wal files when it closes; a
+    `mode=ro` one would leave them behind. Where SQLite cannot even create the -shm file the database is opened as
+    immutable (nobody can write there either). Raises StoreError."""
+    uri = Path(path).resolve().as_uri()
+    for mode in ("mode=rw", "mode=ro", "mode=ro&immutable=1"):
+        try:
+            con = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=60)
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            error = exc
+            continue
+        con.row_factory = sqlite3.Row
+        return con
+    raise StoreError(f"cannot read {path}: {error}")
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not mistaken for it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def process_id() -> str:
+    """This process as a claim owner: 'host:pid:start time'."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid()) or '-'}"
+
+
+def owner_alive(owner: str | None, claimed_at: str | None) -> bool:
+    """Whether the process that claimed a cell may still be computing it."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname():
+        try:
+            age = datetime.now(timezone.utc) - datetime.fromisoformat(claimed_at or "")
+        except ValueError:
+            return False
+        return age < timedelta(hours=FOREIGN_CLAIM_HOURS)
+    if not pid.isdigit():
+        return False
+    now = _start_time(int(pid))
+    if now is not None or start != "-":
+        return now is not None and now == start
+    try:  # no /proc: fall back to "a process with that pid exists"
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ResultStore:
     """The cells of one results folder. Safe to open from several processes (SQLite locking)."""
 
-    def __init__(self, results_dir: str | Path):
+    def __init__(self, results_dir: str | Path, readonly: bool = False):
+        """`readonly`: only read (report, export), which also works in a read-only folder; no migration."""
         self.dir = Path(results_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / DB_NAME
+        self.owner = process_id()
+        self.readonly = readonly
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"no {DB_NAME} in {self.dir}")
+            return
+        if self.dir.exists() and not self.dir.is_dir():
+            raise StoreError(f"results folder {self.dir} is a file, not a folder")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create results folder {self.dir}: {exc.strerror or exc}") from None
         with self.connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             cols = ", ".join(f"{n} {t}" for n, t in COLUMNS)
@@ -68,12 +155,21 @@ class ResultStore:
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection in one transaction: committed on success, rolled back on error, always closed."""
-        con = sqlite3.connect(self.path, timeout=60)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA synchronous=FULL")
+        if self.readonly:
+            con = connect_readonly(self.path)
+        else:
+            try:
+                con = sqlite3.connect(self.path, timeout=60)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open {self.path}: {exc}") from None
         try:
+            con.row_factory = sqlite3.Row
+            if not self.readonly:
+                con.execute("PRAGMA synchronous=FULL")
             with con:
                 yield con
+        except sqlite3.Error as exc:  # read-only folder, disk full, not a database: the transaction rolled back
+            raise StoreError(f"cannot use {self.path}: {exc}") from None
         finally:
             con.close()
 
@@ -90,19 +186,52 @@ class ResultStore:
         with self.connect() as con:
             con.executemany("UPDATE cells SET fit_group = ? WHERE key = ?", [(g, k) for k, g in groups.items()])
 
-    def mark_running(self, row: dict) -> None:
-        """Record that a cell started (attempts + 1), keeping nothing of an earlier failed attempt's metrics."""
-        with self.connect() as con:
-            prev = con.execute("SELECT attempts FROM cells WHERE key = ?", (row["key"],)).fetchone()
-            attempts = (prev["attempts"] or 0) + 1 if prev else 1
-            self._upsert(con, {**row, "status": "running", "error": None, "attempts": attempts})
+    def claim(self, rows: list[dict]) -> tuple[list[str], dict[str, str]]:
+        """Claim cells for this process, atomically (see the module docstring); `rows` are identity rows.
 
-    def save(self, row: dict) -> None:
-        """Insert or replace a whole cell (status 'ok' or 'failed'), keeping its attempt count."""
+        Returns (keys claimed, {key: owner} of the cells a live process holds). Cells already 'ok' are neither.
+        Each claimed cell becomes 'running' with no started_at, keeping nothing of an earlier attempt's metrics.
+        """
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        claimed, elsewhere = [], {}
         with self.connect() as con:
-            prev = con.execute("SELECT attempts FROM cells WHERE key = ?", (row["key"],)).fetchone()
+            con.execute("BEGIN IMMEDIATE")  # the write lock before reading: no other claim interleaves
+            for row in rows:
+                prev = con.execute("SELECT status, owner, claimed_at, attempts FROM cells WHERE key = ?",
+                                   (row["key"],)).fetchone()
+                if prev is not None and prev["status"] == "ok":
+                    continue
+                if (prev is not None and prev["status"] == "running" and prev["owner"] != self.owner
+                        and owner_alive(prev["owner"], prev["claimed_at"])):
+                    elsewhere[row["key"]] = prev["owner"]
+                    continue
+                self._upsert(con, {**row, "status": "running", "error": None, "attempts": prev["attempts"] if prev
+                                   else 0, "owner": self.owner, "claimed_at": now, "started_at": None})
+                claimed.append(row["key"])
+        return claimed, elsewhere
+
+    def mark_running(self, row: dict) -> None:
+        """A claimed cell's computation starts now: its started_at and attempts + 1 (an unclaimed cell is untouched)."""
+        with self.connect() as con:
+            con.execute("UPDATE cells SET started_at = ?, attempts = COALESCE(attempts, 0) + 1 "
+                        "WHERE key = ? AND status = 'running' AND owner = ?",
+                        (row.get("started_at"), row["key"], self.owner))
+
+    def save(self, row: dict, overwrite: bool = False) -> bool:
+        """Write a finished cell (status 'ok' or 'failed'), keeping its attempt count. Never replaces an 'ok' row
+        (unless `overwrite`, for tools that deliberately replace a number), nor a cell another live process has
+        claimed since; returns whether the row was written."""
+        with self.connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            prev = con.execute("SELECT status, owner, claimed_at, attempts FROM cells WHERE key = ?",
+                               (row["key"],)).fetchone()
+            if prev is not None and not overwrite and (prev["status"] == "ok" or (
+                    prev["status"] == "running" and prev["owner"] not in (None, self.owner)
+                    and owner_alive(prev["owner"], prev["claimed_at"]))):
+                return False
             attempts = max(prev["attempts"] or 0, 1) if prev else 1
-            self._upsert(con, {"attempts": attempts, **row})
+            self._upsert(con, {"attempts": attempts, **row, "owner": self.owner})
+            return True
 
     @staticmethod
     def _upsert(con: sqlite3.Connection, row: dict) -> None:

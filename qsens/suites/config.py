@@ -1,15 +1,28 @@
-"""Typed suite configuration. Every model forbids unknown keys; `qsens.suites.load` turns YAML into these."""
+"""Typed suite configuration. Every model forbids unknown keys; `qsens.suites.load` turns YAML into these
+(strictly: a YAML "4" is not 4). Integers are bounded to what SQLite stores (64 bits) or what a run can afford."""
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from qsens.suites.protocol import PRESETS, Protocol
 
 METRIC_NAMES = ("delta_loss", "ppl_ratio", "kl", "top1_agree", "bits_per_byte")
+INT64_MAX = 2**63 - 1  # what SQLite's INTEGER holds
+MAX_BOOTSTRAP_SAMPLES = 20_000
+
+
+def _not_only_dots(name: str) -> str:
+    if set(name) == {"."}:
+        raise ValueError(f"a name made of dots only ({name!r}) would point at a folder; use letters or digits")
+    return name
+
+
+# Names become folder and file names (results/<suite>/, board pages): no separators, never '.' or '..'.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=100), AfterValidator(_not_only_dots)]
 
 
 class _Strict(BaseModel):
@@ -22,9 +35,9 @@ class CheckpointSpec(_Strict):
     name: str | None = None
     path: str | None = Field(None, description="local HF folder, relative to the suite file")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) of the family's repo")
-    n_params: int | None = Field(None, ge=1, description="non-embedding parameters N (default: the family's)")
-    tokens: int | None = Field(None, ge=0, description="pretraining tokens D")
-    step: int | None = Field(None, ge=0, description="training step; D = step x family.tokens_per_step")
+    n_params: int | None = Field(None, ge=1, le=INT64_MAX, description="non-embedding parameters N (default: the family's)")
+    tokens: int | None = Field(None, ge=0, le=INT64_MAX, description="pretraining tokens D")
+    step: int | None = Field(None, ge=0, le=INT64_MAX, description="training step; D = step x family.tokens_per_step")
     schedule: str | None = None
     stage: str | None = Field(None, description="training stage, e.g. 'stable' or 'anneal' (default: from an "
                               "OLMo-2 revision name 'stage1-...')")
@@ -60,12 +73,13 @@ class ManifestSelect(_Strict):
 
 
 class FamilySpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: Name
     manifest: str | None = Field(None, description="manifest.json of a family trained by `qsens family train`")
     select: ManifestSelect = ManifestSelect()
     hub: str | None = Field(None, description="HF Hub repo id, e.g. EleutherAI/pythia-70m-deduped")
-    n_params: int | None = Field(None, ge=1, description="default non-embedding N of every checkpoint")
-    tokens_per_step: int | None = Field(None, ge=1, description="D = step x tokens_per_step (Pythia: 2097152)")
+    n_params: int | None = Field(None, ge=1, le=INT64_MAX, description="default non-embedding N of every checkpoint")
+    tokens_per_step: int | None = Field(None, ge=1, le=INT64_MAX,
+                                          description="D = step x tokens_per_step (Pythia: 2097152)")
     schedule: str | None = Field(None, description="learning-rate schedule ('cosine', 'wsd', 'linear', ...), "
                                  "never a data mix (that is a checkpoint's 'stage')")
     fit_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$",
@@ -117,7 +131,7 @@ def step_of(spec: CheckpointSpec) -> int | None:
 
 
 class EvalSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: Name
     path: str = Field(description="UTF-8 text file (.txt or .txt.gz), relative to the suite file")
     preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
     protocol: dict = Field(default_factory=dict, description="Protocol fields overriding the preset")
@@ -135,14 +149,14 @@ class CalibrationSpec(_Strict):
 
 
 class BootstrapSpec(_Strict):
-    samples: int = Field(1000, ge=100)
+    samples: int = Field(1000, ge=100, le=MAX_BOOTSTRAP_SAMPLES)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
 
 
 class SuiteSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: Name
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=INT64_MAX)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     families: list[FamilySpec] = Field(min_length=1)
     quantizers: list[dict] = Field(min_length=1, description="validated per method by qsens.suites.load")

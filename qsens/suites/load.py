@@ -1,27 +1,38 @@
 """YAML suite -> a resolved `Suite`: every checkpoint with its N and D, every quantizer setting, every eval text.
 
 Nothing runs on an invalid suite: all problems are collected into one `SuiteError` that names the file, the
-key path (`quantizers[2].bits`) and what is allowed.
+key path (`quantizers[2].bits`) and what is allowed. Types are strict (a YAML `"4"` is not 4, `"yes"` is not a
+boolean); the file itself is read defensively (`qsens.suites.document`); files the suite names are checked up
+front (`qsens.suites.files`); quantizer sweeps are counted before they are expanded, and bounded.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
+import json
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from qsens.families.manifest import read_manifest
 from qsens.quantizers import REGISTRY, method_module
 from qsens.quantizers.base import QuantSettings
+from qsens.suites import document, files
 from qsens.suites.config import EvalSpec, FamilySpec, SuiteSpec, step_of
+from qsens.suites.document import INT64_MAX, InputError, short
 from qsens.suites.protocol import Protocol
 
 # Quantizer keys whose YAML value is a list by nature; a list anywhere else is a sweep.
 _LIST_VALUED = {"skip"}
+# Quantizer settings per suite, counted before any sweep is expanded.
+MAX_SETTINGS = 10_000
+# What one setting may cost, checked before anything is allocated (RTN pads every row to a multiple of group_size).
+QUANT_BOUNDS = {"group_size": 65_536, "blocksize": 65_536, "calibration_samples": 65_536,
+                "calibration_length": 65_536, "batch_size": 4_096}
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 class SuiteError(ValueError):
@@ -91,42 +102,71 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str
         if err["type"] == "extra_forbidden":
             what = "unknown key"
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
-            what += f" (got {err['input']!r})"
+            what += f" (got {short(err['input'])})"
         problems.append((where, what))
     return problems
+
+
+def _sweeps(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if isinstance(v, list) and k not in _LIST_VALUED}
 
 
 def expand_quantizers(entries: list[dict]) -> list[tuple[int, dict]]:
     """Each entry's list values (except naturally list-valued keys) sweep: bits: [2, 4] -> two settings."""
     out = []
     for i, entry in enumerate(entries):
-        sweep = {k: v for k, v in entry.items() if isinstance(v, list) and k not in _LIST_VALUED}
+        sweep = _sweeps(entry)
         fixed = {k: v for k, v in entry.items() if k not in sweep}
         for combo in itertools.product(*sweep.values()):
             out.append((i, {**fixed, **dict(zip(sweep, combo))}))
     return out
 
 
+def _entry_problems(i: int, entry: dict) -> tuple[type | None, list[tuple[str, str]]]:
+    """The method's Settings class, or the problems that must stop this entry before it is expanded."""
+    method = entry.get("method")
+    if not isinstance(method, str) or method not in REGISTRY:
+        return None, [(f"quantizers[{i}].method", f"must be one of {sorted(REGISTRY)} (got {short(method)})")]
+    try:
+        module = method_module(method)
+    except ModuleNotFoundError as exc:
+        return None, [(f"quantizers[{i}].method", f"{method!r} is not available in this install: {exc}")]
+    fields = module.Settings.model_fields
+    problems = [(f"quantizers[{i}].{k}", f"unknown key (allowed for {method}: {', '.join(sorted(fields))})")
+                for k in entry if k not in fields]
+    problems += [(f"quantizers[{i}].{k}", "an empty list sweeps nothing: give at least one value")
+                 for k, v in _sweeps(entry).items() if not v]
+    for key, bound in QUANT_BOUNDS.items():
+        values = entry.get(key) if isinstance(entry.get(key), list) else [entry.get(key)]
+        big = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > bound]
+        if big:
+            problems.append((f"quantizers[{i}].{key}", f"at most {bound:,} (got {short(big[0])})"))
+    return module.Settings, problems
+
+
 def _quantizers(spec: SuiteSpec) -> tuple[list[QuantSettings], list[tuple[str, str]]]:
-    settings, problems = [], []
-    for i, entry in expand_quantizers(spec.quantizers):
-        method = entry.get("method")
-        if method not in REGISTRY:
-            problems.append((f"quantizers[{i}].method", f"must be one of {sorted(REGISTRY)} (got {method!r})"))
-            continue
-        try:
-            module = method_module(method)
-        except ModuleNotFoundError as exc:
-            problems.append((f"quantizers[{i}].method", f"{method!r} is not available in this install: {exc}"))
-            continue
-        try:
-            settings.append(module.Settings.model_validate(entry))
+    settings, problems, classes = [], [], {}
+    for i, entry in enumerate(spec.quantizers):
+        cls, p = _entry_problems(i, entry)
+        problems += p
+        if cls is not None and not p:
+            classes[i] = cls
+    counts = {i: math.prod(len(v) for v in _sweeps(spec.quantizers[i]).values()) for i in classes}
+    if sum(counts.values()) > MAX_SETTINGS:
+        factors = "; ".join(f"quantizers[{i}]: " + " x ".join(f"{k} ({len(v)})" for k, v in
+                            _sweeps(spec.quantizers[i]).items()) for i, n in counts.items() if n > 1)
+        return [], problems + [("quantizers", f"the sweeps make {sum(counts.values()):,} settings, more than the "
+                                              f"limit of {MAX_SETTINGS:,} ({factors})")]
+    order = list(classes)  # entry indices in the suite, of the entries that may expand
+    for j, entry in expand_quantizers([spec.quantizers[i] for i in order]):
+        i = order[j]
+        try:  # through JSON, strictly: a YAML "4" is not 4 and "yes" is not a boolean
+            settings.append(classes[i].model_validate_json(json.dumps(entry), strict=True))
         except ValidationError as exc:
             problems += _pydantic_problems(exc, f"quantizers[{i}]")
-    labels = [s.label() for s in settings]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
+    dup = sorted(label for label, n in Counter(s.label() for s in settings).items() if n > 1)
     if dup:
-        problems.append(("quantizers", f"the same setting appears twice: {dup}"))
+        problems.append(("quantizers", f"the same setting appears twice: {short(dup, 200)}"))
     return settings, problems
 
 
@@ -135,9 +175,11 @@ def _manifest_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list
     if not path.is_file():
         return [], [(f"{where}.manifest", f"file not found: {path}")]
     try:
-        manifest = read_manifest(path)
-    except (ValueError, ValidationError) as exc:
-        return [], [(f"{where}.manifest", f"not a valid qsens manifest ({path}): {exc}")]
+        manifest = read_manifest(path, max_bytes=MAX_MANIFEST_BYTES)
+    except InputError as exc:
+        return [], [(f"{where}.manifest", f"{path}: {w or '<top>'}: {m}") for w, m in exc.problems]
+    except ValidationError as exc:
+        return [], [(f"{where}.manifest", f"{path}: {w or '<top>'}: {m}") for w, m in _pydantic_problems(exc)]
     sel = fam.select
     out = []
     for c in manifest.checkpoints:
@@ -151,7 +193,8 @@ def _manifest_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list
         )
     if not out:
         return [], [(f"{where}.select", f"selects no checkpoint of {path}")]
-    return out, []
+    return out, [(f"{where}.manifest", f"{path}: checkpoint {c.name!r}: {problem}")
+                 for c in out for problem in [_folder_problem(c)] if problem]
 
 
 def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[Checkpoint], list]:
@@ -160,10 +203,14 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
     out, problems = [], []
     for j, c in enumerate(fam.checkpoints):
         tokens = c.tokens if c.tokens is not None else step_of(c) * fam.tokens_per_step
+        if tokens > INT64_MAX:
+            problems.append((f"{where}.checkpoints[{j}]", f"step x tokens_per_step = {tokens:,} tokens does not fit "
+                                                         "in 64 bits; give 'tokens' explicitly"))
         if c.path is not None:
             location = str((base / c.path).resolve())
-            if not Path(location, "config.json").is_file():
-                problems.append((f"{where}.checkpoints[{j}].path", f"not an HF model folder (no config.json): {location}"))
+            problem = files.check_model_folder(Path(location))[1]
+            if problem:
+                problems.append((f"{where}.checkpoints[{j}].path", problem))
         else:
             location = fam.hub
         name = c.name or (c.revision if c.revision else Path(c.path).name)
@@ -174,34 +221,78 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
     return out, problems
 
 
+def _folder_problem(ckpt: Checkpoint) -> str | None:
+    return files.check_model_folder(Path(ckpt.location))[1]
+
+
 def _eval_text(ev: EvalSpec, where: str, base: Path) -> tuple[EvalText | None, list]:
     path = (base / ev.path).resolve()
-    if not path.is_file():
-        return None, [(f"{where}.path", f"file not found: {path}")]
+    text_hash, problem = files.check_text(path)
+    if problem:
+        return None, [(f"{where}.path", problem)]
     try:
         protocol = ev.resolved_protocol()
     except ValidationError as exc:
         return None, _pydantic_problems(exc, f"{where}.protocol")
-    return EvalText(ev.name, path, protocol, hashlib.sha256(path.read_bytes()).hexdigest()[:16]), []
+    return EvalText(ev.name, path, protocol, text_hash), []
+
+
+def _context_problems(checkpoints: list[Checkpoint], evals: list[EvalText], spec: SuiteSpec) -> list:
+    """An eval window longer than a local checkpoint's max_position_embeddings (hub ones are checked at run)."""
+    problems, limits = [], {}
+    for c in checkpoints:
+        if c.is_local and c.location not in limits:
+            info = files.check_model_folder(Path(c.location))[0]
+            limits[c.location] = info.max_positions if info else None
+    for ev in evals:
+        need = ev.protocol.context_length
+        for c in checkpoints:
+            limit = limits.get(c.location)
+            if limit is not None and need > limit:
+                where = f"evals[{[e.name for e in spec.evals].index(ev.name)}].protocol.context_length"
+                problems.append((where, f"{need} exceeds max_position_embeddings {limit} of checkpoint "
+                                        f"{c.family}/{c.name}: at most {limit}"))
+                break
+    return problems
+
+
+def _read_suite(path: Path) -> dict:
+    """The suite file as plain, checked data (raises SuiteError)."""
+    try:
+        raw = document.parse_yaml(document.read_text(path))
+    except InputError as exc:
+        raise SuiteError(path, exc.problems) from None
+    if not isinstance(raw, dict):
+        raise SuiteError(path, [("", f"must be a mapping of keys, got {type(raw).__name__}")])
+    problems = document.check_tree(raw)
+    if problems:
+        raise SuiteError(path, problems)
+    return raw
+
+
+def _device_problems(spec: SuiteSpec) -> list:
+    if spec.device != "cuda":
+        return []
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    return [("device", "'cuda' but this machine has no CUDA device (torch.cuda.is_available() is False); "
+                       "allowed here: auto, cpu")]
 
 
 def load_suite(path: str | Path) -> Suite:
     """Parse and validate a suite file; raises SuiteError listing every problem found."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SuiteError(path, [("", "file not found")])
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SuiteError(path, [("", f"not valid YAML: {exc}")]) from None
-    if not isinstance(raw, dict):
-        raise SuiteError(path, [("", f"must be a mapping of keys, got {type(raw).__name__}")])
-    try:
-        spec = SuiteSpec.model_validate(raw)
+    raw = _read_suite(path)
+    try:  # through JSON, strictly: a YAML "4" is not 4 and "yes" is not a boolean
+        spec = SuiteSpec.model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as exc:
         raise SuiteError(path, _pydantic_problems(exc)) from None
     base = path.parent
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = _device_problems(spec)
     quantizers, q_problems = _quantizers(spec)
     problems += q_problems
     checkpoints: list[Checkpoint] = []
@@ -209,8 +300,7 @@ def load_suite(path: str | Path) -> Suite:
         found, p = _family_checkpoints(fam, f"families[{i}]", base)
         checkpoints += found
         problems += p
-    names = [(c.family, c.name) for c in checkpoints]
-    dup = sorted({f"{f}/{n}" for f, n in names if names.count((f, n)) > 1})
+    dup = sorted(f"{f}/{n}" for (f, n), k in Counter((c.family, c.name) for c in checkpoints).items() if k > 1)
     if dup:
         problems.append(("families", f"checkpoint names must be unique within a family: {dup}"))
     evals: list[EvalText] = []
@@ -221,8 +311,10 @@ def load_suite(path: str | Path) -> Suite:
     calibration = None
     if spec.calibration is not None:
         calibration = (base / spec.calibration.path).resolve()
-        if not calibration.is_file():
-            problems.append(("calibration.path", f"file not found: {calibration}"))
+        problem = files.check_text(calibration)[1]
+        if problem:
+            problems.append(("calibration.path", problem))
+    problems += _context_problems(checkpoints, evals, spec)
     if any(getattr(q, "needs_calibration", False) for q in quantizers) and calibration is None:
         problems.append(("calibration", "required by a quantizer in this suite (e.g. gptq) but missing"))
     if problems:

@@ -50,7 +50,7 @@ class Protocol(BaseModel):
     joiner: str = Field("\n\n", description="separator between documents when unit is 'stream'")
     detokenize: Literal["none", "wikitext"] = "none"
     context_length: int | Literal["model"] = Field(128, description="tokens per window, or 'model': its maximum")
-    stride: int | None = Field(None, ge=1, description="defaults to context_length (non-overlapping windows)")
+    stride: int | None = Field(None, ge=1, le=1 << 20, description="defaults to context_length (non-overlapping windows)")
     last_logit: bool = False
     drop_last: bool = False
     align_last: bool = Field(False, description="shift a short last window left to a full context (lm-eval)")
@@ -60,13 +60,13 @@ class Protocol(BaseModel):
     counts: Literal["scored", "source"] = Field(
         "scored", description="bytes/words over the scored tokens' text, or over whole source documents (lm-eval)"
     )
-    max_tokens: int | None = Field(None, ge=2, description="cap on tokens fed (stream) or summed over documents")
-    batch_size: int = Field(8, ge=1, description="windows per forward pass; does not change any number")
+    max_tokens: int | None = Field(None, ge=2, le=2**63 - 1, description="cap on tokens fed (stream) or summed over documents")
+    batch_size: int = Field(8, ge=1, le=4096, description="windows per forward pass; does not change any number")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "Protocol":
-        if isinstance(self.context_length, int) and self.context_length < 2:
-            raise ValueError(f"context_length must be >= 2 or 'model', got {self.context_length}")
+        if isinstance(self.context_length, int) and not 2 <= self.context_length <= 1 << 20:
+            raise ValueError(f"context_length must be in 2..{1 << 20} or 'model', got {self.context_length}")
         if self.context_length == "model" and self.stride is not None:
             raise ValueError("stride needs a numeric context_length (with 'model' windows do not overlap)")
         if self.stride is not None and self.stride > self.context_length:
@@ -122,4 +122,4 @@ def resolve_protocol(preset: str | None, overrides: dict) -> Protocol:
     """A preset's fields, then the suite's overrides (which are validated like any protocol)."""
     base = dict(PRESETS[preset]) if preset else {}
     base.update(overrides)
-    return Protocol.model_validate(base)
+    return Protocol.model_validate(base, strict=True)  # a YAML "64" is not 64

@@ -126,7 +126,7 @@ def test_failed_build_leaves_the_old_site_untouched(small_results, tmp_path, mon
     site = tmp_path / "site"
     build_board(small_results, site, now=T0)
     before = _tree_digest(site)
-    ResultStore(small_results).save({**small_cells()[0], "delta_loss": 0.5})  # a build would change the site
+    ResultStore(small_results).save({**small_cells()[0], "delta_loss": 0.5}, overwrite=True)  # a build would change the site
 
     def half_render(site_model, out):
         (out / "index.html").write_text("half")
@@ -145,7 +145,7 @@ def test_history_carries_over_and_shows_the_change(small_results, tmp_path):
     # The row's headline cell: N2 at D = 48M, Δloss 0.0400 ± 0.004 in board_synthetic.py.
     target = next(c for c in small_cells() if c["family"] == "novels-probe" and c["tokens"] == 48_000_000)
     ResultStore(small_results).save({**target, "delta_loss": 0.0550, "delta_loss_ci_low": 0.050,
-                                     "delta_loss_ci_high": 0.060})
+                                     "delta_loss_ci_high": 0.060}, overwrite=True)
     second = build_board(small_results, site, now=T0 + timedelta(days=1))
     assert second.new_snapshot and second.snapshots == 2
     rows = json.loads((site / "leaderboard.json").read_text())["rows"]

@@ -32,8 +32,10 @@ def test_export_carries_the_contract_fields_with_cis():
 
 def test_save_replaces_a_cell_and_counts_attempts(tmp_path):
     store = ResultStore(tmp_path)
+    assert store.claim([row("k1", status="running")]) == (["k1"], {})
     store.mark_running(row("k1", status="running"))
     store.save(row("k1", status="failed", error="boom", delta_loss=None))
+    assert store.claim([row("k1", status="running")]) == (["k1"], {})
     store.mark_running(row("k1", status="running"))
     store.save(row("k1"))
     (cell,) = store.cells()

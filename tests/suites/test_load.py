@@ -12,6 +12,7 @@ def folder(tmp_path):
     ck = tmp_path / "ck"
     ck.mkdir()
     (ck / "config.json").write_text("{}")
+    (ck / "model.safetensors").write_bytes(b"weights")
     (tmp_path / "eval.txt").write_text("some text to score\n" * 20)
     (tmp_path / "calib.txt").write_text("training text\n" * 20)
     return tmp_path
@@ -68,7 +69,7 @@ def test_good_suite_resolves_checkpoints_sweeps_and_protocol(folder):
     (("preset: gptq", "preset: gpt"), "evals[0].preset", "gptq"),
     (("{path: ck, n_params: 1000, tokens: 5000}", "{path: ck, tokens: 5000}"), "families[0]", "n_params missing"),
     (("{revision: main, step: 1000}", "{revision: main}"), "families[1]", "tokens"),
-    (("{path: ck, n_params", "{path: nowhere, n_params"), "families[0].checkpoints[0].path", "no config.json"),
+    (("{path: ck, n_params", "{path: nowhere, n_params"), "families[0].checkpoints[0].path", "folder not found"),
 ])
 def test_bad_input_names_file_key_and_allowed_values(folder, mutation, where, what):
     old, new = mutation
