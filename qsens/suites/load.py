@@ -45,6 +45,7 @@ class Checkpoint:
     dtype: str = "float32"
     trust_remote_code: bool = False
     stage: str | None = None  # training stage (e.g. OLMo-2 'stage1' stable vs 'stage2' anneal), a covariate
+    train_seed: int | None = None  # the manifest's training seed (init and data order); None for hub checkpoints
 
     @property
     def is_local(self) -> bool:
@@ -146,7 +147,7 @@ def _manifest_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list
             continue
         out.append(
             Checkpoint(fam.name, c.name, str(manifest.checkpoint_dir(path, c)), None, c.n_params, c.tokens,
-                       c.schedule, c.size, fam.dtype, fam.trust_remote_code)
+                       c.schedule, c.size, fam.dtype, fam.trust_remote_code, train_seed=c.seed)
         )
     if not out:
         return [], [(f"{where}.select", f"selects no checkpoint of {path}")]

@@ -139,3 +139,22 @@ def test_a_budget_missing_from_budgets_is_an_error_naming_the_key(tmp_path):
     bad["schedules: [cosine]"] = bad["schedules: [cosine]"].replace("budgets: [32768]", "budgets: [99999]")
     with pytest.raises(ValueError, match=r"cooldowns\[1\]\.budgets: \[99999\] not in budgets"):
         load_ladder_spec(write_tiny_spec(tmp_path, **bad))
+
+
+def test_the_gutenberg_suite_validates_on_a_factorial_manifest_and_cells_carry_the_training_seed(factorial, tmp_path):
+    from qsens.runner import identity_row, plan_cells
+    from qsens.store.db import COLUMN_NAMES
+    from qsens.suites.load import load_suite
+
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "suites/gutenberg.yaml").read_text().replace("../checkpoints/gutenberg/manifest.json", str(factorial))
+    text = text.replace("../data/", f"{repo}/data/").replace("wsd-f0.1, wsd-f0.2, wsd-f0.4", "wsd-f0.25, wsd-f0.5")
+    (tmp_path / "g.yaml").write_text(text)
+    suite = load_suite(tmp_path / "g.yaml")
+    rows = [identity_row(c, suite.name) for c in plan_cells(suite)]
+    assert {(r["family"], r["schedule"]) for r in rows} == {("gutenberg-stable", "stable"), ("gutenberg-cosine", "cosine"),
+                                                           ("gutenberg-cooled", "wsd-f0.25"), ("gutenberg-cooled", "wsd-f0.5")}
+    seeds = {c.name: c.seed for c in read_manifest(factorial).checkpoints}
+    assert all(r["train_seed"] == seeds[r["checkpoint"]] for r in rows) and {r["train_seed"] for r in rows} == {0, 1}
+    assert "train_seed" in COLUMN_NAMES
+    assert len(rows) == 14 * len(suite.quantizers) * 3
