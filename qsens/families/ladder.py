@@ -117,29 +117,34 @@ class Ladder:
         if cache.is_file():
             return np.load(cache).astype(np.int64)
         eos = self.tokenizer.eos_token_id
-        ids = [np.asarray(self.tokenizer(t, add_special_tokens=False)["input_ids"], dtype=np.int64) for t in texts]
-        stream = np.concatenate([np.concatenate([[eos], x]) for x in ids])
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]  # a batch: encoded on all cores
+        stream = np.concatenate([np.concatenate([[eos], np.asarray(x, dtype=np.int64)]) for x in ids])
         cache.parent.mkdir(parents=True, exist_ok=True)
         if len(self.tokenizer) < 2**16:  # uint16 on disk: a quarter of the size
-            np.save(cache.with_suffix(".tmp.npy"), stream.astype(np.uint16))
-            cache.with_suffix(".tmp.npy").replace(cache)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")  # per process: several may prepare at once
+            np.save(tmp, stream.astype(np.uint16))
+            tmp.replace(cache)
         return stream
 
     def done(self) -> set[str]:
         path = self.out / "manifest.json"
         return {c.name for c in read_manifest(path).checkpoints} if path.is_file() else set()
 
-    def train(self, sizes: list[str] | None = None) -> None:
+    def train(self, sizes: list[str] | None = None, seeds: list[int] | None = None) -> None:
+        """Every (size, seed) in turn (or those listed): the WSD stable run and its branches first (they yield
+        the most checkpoints per token), then the cosine anchors."""
         for size in self.spec.sizes:
             if sizes and size.name not in sizes:
                 continue
             for seed in self.spec.seeds_for(size):
+                if seeds is not None and seed not in seeds:
+                    continue
                 # the micro family keeps its original order (seed=None); a factorial seeds init and order alike
                 data = DataOrder(self.stream, self.spec, seed if self.spec.factorial else None)
-                for budget in self.spec.cosine_plan():
-                    self._cosine(size, seed, data, budget)
                 if "wsd" in self.spec.schedules:
                     self._wsd(size, seed, data)
+                for budget in self.spec.cosine_plan():
+                    self._cosine(size, seed, data, budget)
 
     def _name(self, size: SizeSpec, seed: int, schedule: str, tokens: int) -> str:
         if not self.spec.factorial:
@@ -264,7 +269,7 @@ class Ladder:
 
 
 def train_ladder(spec_path: str | Path, out: str | Path, sizes: list[str] | None = None, log=None,
-                 device: str | None = None) -> Path:
+                 device: str | None = None, seeds: list[int] | None = None, prepare_only: bool = False) -> Path:
     """Train (or finish training) every checkpoint of the spec; returns the manifest path."""
     from qsens.families.spec import load_ladder_spec
 
@@ -272,5 +277,6 @@ def train_ladder(spec_path: str | Path, out: str | Path, sizes: list[str] | None
     if spec.threads:
         torch.set_num_threads(spec.threads)
     ladder = Ladder(spec, Path(spec_path), Path(out), log, device)
-    ladder.train(sizes)
+    if not prepare_only:
+        ladder.train(sizes, seeds)
     return Path(out) / "manifest.json"
