@@ -158,3 +158,18 @@ def test_the_gutenberg_suite_validates_on_a_factorial_manifest_and_cells_carry_t
     assert all(r["train_seed"] == seeds[r["checkpoint"]] for r in rows) and {r["train_seed"] for r in rows} == {0, 1}
     assert "train_seed" in COLUMN_NAMES
     assert len(rows) == 14 * len(suite.quantizers) * 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_factorial_trains_on_cuda_like_on_the_cpu(factorial, tmp_path):
+    """Same checkpoints, same recorded schedule, and weights equal to float rounding drift (CUDA kernels differ)."""
+    cuda = train_ladder(write_tiny_spec(tmp_path, **FACTORIAL), tmp_path / "out", log=lambda m: None, device="cuda")
+    cpu_ck = {c.name: c for c in read_manifest(factorial).checkpoints}
+    cuda_ck = {c.name: c for c in read_manifest(cuda).checkpoints}
+    assert cpu_ck.keys() == cuda_ck.keys()
+    for name, c in cuda_ck.items():
+        assert c.lr_at_checkpoint == cpu_ck[name].lr_at_checkpoint and c.extra["device"] == "cuda"
+        a, b = weights(factorial, name), weights(cuda, name)
+        assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) < 0.05, name
+        assert abs(c.extra["final_train_loss"] - cpu_ck[name].extra["final_train_loss"]) < 0.05, name
