@@ -117,7 +117,8 @@ def family_report(spec_path: Path, family_dir: Path, results: Path, suite_path: 
     arms: dict[str, list] = defaultdict(list)  # schedule -> [(checkpoint, (size, seed, D, Δ))]
     for c in cells:
         if c["eval"] == gate_eval and all(c.get(k) == v for k, v in primary.items()) and (c["delta_loss"] or 0) > 0:
-            arms[c["schedule"]].append((c["checkpoint"], (c["size"], c.get("train_seed"), c["tokens"], c["delta_loss"])))
+            point = (c["size"], c.get("train_seed"), c["tokens"], c["delta_loss"])
+            arms[c["schedule"]].append((c["checkpoint"], point))
     passing = set(fp) - set(gate["failed"])
 
     def gates(keep) -> dict:
@@ -137,7 +138,8 @@ def main(argv: list[str]) -> int:
     gate_eval = argv[4] if len(argv) > 4 else "heldout-novels"
     bits = int(argv[5]) if len(argv) > 5 else 3
     group = int(argv[6]) if len(argv) > 6 else 8
-    report = family_report(spec, family, results, suite, {"method": "rtn", "bits": bits, "group_size": group}, gate_eval)
+    primary = {"method": "rtn", "bits": bits, "group_size": group}
+    report = family_report(spec, family, results, suite, primary, gate_eval)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -19,7 +19,7 @@ class SizeSpec(_Strict):
     layers: int = Field(ge=1)
     heads: int = Field(ge=1)
     mlp: int = Field(ge=4)
-    seeds: list[int] | None = Field(None, min_length=1, description="training seeds of this size (default: the ladder's)")
+    seeds: list[int] | None = Field(None, min_length=1, description="training seeds of this size (default: ladder's)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SizeSpec":
@@ -48,7 +48,7 @@ class LadderSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     seed: int = 0
-    seeds: list[int] | None = Field(None, min_length=1, description="training seeds (init and data order); default [seed]")
+    seeds: list[int] | None = Field(None, min_length=1, description="training seeds (init, data order); default [seed]")
     train_text: list[str] = Field(min_length=1, description="files (.txt/.txt.gz), relative to the spec")
     heldout_text: list[str] = Field(default_factory=list, description="never trained on; recorded in the manifest")
     vocab_size: int = Field(1024, ge=260)
