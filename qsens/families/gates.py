@@ -11,6 +11,8 @@
 
 `python -m qsens.families.gates SPEC FAMILY_DIR RESULTS SUITE [GATE_EVAL [BITS [GROUP]]]` prints the report as JSON
 (primary setting: RTN BITS (3) at group GROUP (8); GATE_EVAL defaults to heldout-novels).
+`python -m qsens.families.gates fp SPEC FAMILY_DIR SUITE EVAL` applies the checkpoint gate from the checkpoints
+alone (full-precision losses scored here), before any suite run.
 """
 
 from __future__ import annotations
@@ -133,7 +135,45 @@ def family_report(spec_path: Path, family_dir: Path, results: Path, suite_path: 
             "exponent_gates_checkpoints_passing_the_gate": gates(lambda name: name in passing)}
 
 
+def checkpoint_losses(manifest_path: Path, text: str, protocol, tokenizer) -> dict[str, float]:
+    """Full-precision mean loss (nats/token) of every checkpoint of a manifest on one eval text, scored as the
+    suite scores it (float32 weights upcast from what is stored): the checkpoint gate before any suite run."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qsens.families.manifest import read_manifest
+    from qsens.metrics.scoring import score_reference
+    from qsens.metrics.windows import build_eval_tokens
+
+    manifest = read_manifest(manifest_path)
+    tokens = build_eval_tokens(text, tokenizer, protocol)
+    out = {}
+    for c in manifest.checkpoints:
+        model = AutoModelForCausalLM.from_pretrained(manifest.checkpoint_dir(manifest_path, c), dtype=torch.float32)
+        out[c.name] = float(score_reference(model.eval(), tokens, torch.device("cpu"), keep_logits=False).nll.mean())
+    return out
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "fp":  # fp SPEC FAMILY_DIR SUITE EVAL: the checkpoint gate from the checkpoints alone
+        from transformers import AutoTokenizer
+
+        from qsens.families.ladder import Ladder
+        from qsens.families.spec import load_ladder_spec
+        from qsens.metrics.text import read_text
+        from qsens.metrics.windows import build_eval_tokens
+        from qsens.suites.load import load_suite
+
+        spec, family, suite_path, name = Path(argv[1]), Path(argv[2]), Path(argv[3]), argv[4]
+        ev = next(e for e in load_suite(suite_path).evals if e.name == name)
+        ladder = Ladder(load_ladder_spec(spec), spec, family, log=lambda m: None)
+        tok = AutoTokenizer.from_pretrained(family / "tokenizer")
+        prev, targets = scored_pairs(build_eval_tokens(read_text(ev.path), tok, ev.protocol))
+        base = ngram_baselines(ladder.stream, len(tok), prev, targets)
+        losses = checkpoint_losses(family / "manifest.json", read_text(ev.path), ev.protocol, tok)
+        print(json.dumps({"eval": name, "baselines": base, "fp_loss": losses,
+                          "gate": checkpoint_gate(losses, base["bigram"])}, indent=2))
+        return 0
     spec, family, results, suite = map(Path, argv[:4])
     gate_eval = argv[4] if len(argv) > 4 else "heldout-novels"
     bits = int(argv[5]) if len(argv) > 5 else 3

@@ -81,3 +81,29 @@ def test_the_micro_family_fails_the_gates_as_the_issue_measured(tmp_path):
     for arm in ("cosine", "wsd"):
         g = report["exponent_gates_all_checkpoints"][arm]
         assert g["beta_lower_half"] > g["beta_upper_half"] + 0.2 and not g["halves_pass"]
+
+
+def test_checkpoint_losses_equal_plain_transformers_losses(tiny_family):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qsens.families.gates import checkpoint_losses
+    from qsens.families.manifest import read_manifest
+    from qsens.metrics.text import read_text
+    from qsens.metrics.windows import build_eval_tokens
+    from qsens.suites.protocol import resolve_protocol
+
+    text = read_text(REPO / "data/novels/Vathek.txt.gz")[:20000]
+    protocol = resolve_protocol("qsens", {"context_length": 32, "max_tokens": 1024})
+    ck = read_manifest(tiny_family).checkpoints[0]
+    folder = tiny_family.parent / ck.path
+    tok = AutoTokenizer.from_pretrained(folder)
+    got = checkpoint_losses(tiny_family, text, protocol, tok)[ck.name]
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    total, count = 0.0, 0
+    for inp, first, n in build_eval_tokens(text, tok, protocol).windows:
+        assert first == 0 and n == len(inp) - 1  # non-overlapping windows: every token after the first is a target
+        with torch.no_grad():
+            total += model(input_ids=inp[None], labels=inp[None]).loss.double().item() * n
+        count += n
+    assert got == pytest.approx(total / count, rel=1e-5)
