@@ -30,5 +30,5 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"manifest: {manifest}")
+    print(f"prepared: tokenizer and token stream of {args.out}" if args.prepare else f"manifest: {manifest}")
     return 0
