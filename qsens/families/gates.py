@@ -162,15 +162,19 @@ def main(argv: list[str]) -> int:
         from qsens.families.spec import load_ladder_spec
         from qsens.metrics.text import read_text
         from qsens.metrics.windows import build_eval_tokens
-        from qsens.suites.load import load_suite
+        import yaml
+
+        from qsens.suites.config import SuiteSpec
 
         spec, family, suite_path, name = Path(argv[1]), Path(argv[2]), Path(argv[3]), argv[4]
-        ev = next(e for e in load_suite(suite_path).evals if e.name == name)
+        # the suite's eval only: a family still in training may not yet fill every family of the suite
+        ev = next(e for e in SuiteSpec.model_validate(yaml.safe_load(suite_path.read_text())).evals if e.name == name)
+        text, protocol = read_text(suite_path.parent / ev.path), ev.resolved_protocol()
         ladder = Ladder(load_ladder_spec(spec), spec, family, log=lambda m: None)
         tok = AutoTokenizer.from_pretrained(family / "tokenizer")
-        prev, targets = scored_pairs(build_eval_tokens(read_text(ev.path), tok, ev.protocol))
+        prev, targets = scored_pairs(build_eval_tokens(text, tok, protocol))
         base = ngram_baselines(ladder.stream, len(tok), prev, targets)
-        losses = checkpoint_losses(family / "manifest.json", read_text(ev.path), ev.protocol, tok)
+        losses = checkpoint_losses(family / "manifest.json", text, protocol, tok)
         print(json.dumps({"eval": name, "baselines": base, "fp_loss": losses,
                           "gate": checkpoint_gate(losses, base["bigram"])}, indent=2))
         return 0

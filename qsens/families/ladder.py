@@ -127,8 +127,19 @@ class Ladder:
         return stream
 
     def done(self) -> set[str]:
+        """Names in the manifest; an error if one was trained under other settings than the spec's now."""
         path = self.out / "manifest.json"
-        return {c.name for c in read_manifest(path).checkpoints} if path.is_file() else set()
+        if not path.is_file():
+            return set()
+        checkpoints = read_manifest(path).checkpoints
+        sizes = {s.name: s for s in self.spec.sizes}
+        for c in checkpoints:
+            was = c.extra.get("spec_fingerprint")
+            if was and c.size in sizes and was != self.spec.fingerprint(sizes[c.size]):
+                raise ValueError(f"{path}: {c.name} was trained under other settings than {self.spec.name}'s spec "
+                                 f"now (training text, tokenizer, batch, optimizer, storage or size): delete it "
+                                 f"from the manifest and its folder to retrain it, or restore the spec")
+        return {c.name for c in checkpoints}
 
     def train(self, sizes: list[str] | None = None, seeds: list[int] | None = None) -> None:
         """Every (size, seed) in turn (or those listed): the WSD stable run and its branches first (they yield
@@ -254,7 +265,7 @@ class Ladder:
                    "warmup_steps": spec.optim.warmup_steps, "min_lr_ratio": spec.optim.min_lr_ratio,
                    "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             | ({"branch_step": branch_step, "stable_checkpoint": stable, "save_dtype": spec.save_dtype,
-                "device": self.device} if spec.factorial else {}),
+                "device": self.device, "spec_fingerprint": spec.fingerprint(size)} if spec.factorial else {}),
         )
         with _locked(self.out):
             path = self.out / "manifest.json"

@@ -99,6 +99,17 @@ class LadderSpec(_Strict):
     def cosine_plan(self) -> list[int]:
         return sorted(self.cosine_budgets or self.budgets) if "cosine" in self.schedules else []
 
+    def fingerprint(self, size: SizeSpec) -> str:
+        """What a checkpoint of `size` depends on besides its own seed and schedule (recorded in the manifest, so
+        a spec edited after training cannot silently pass old checkpoints off as new ones)."""
+        import hashlib
+        import json
+
+        keys = {"train_text", "max_train_chars", "vocab_size", "sequence_length", "batch_size", "optim", "save_dtype"}
+        material = self.model_dump(mode="json", include=keys) | {
+            "size": size.model_dump(mode="json", include={"hidden", "layers", "heads", "mlp"})}
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.sequence_length

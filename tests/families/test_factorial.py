@@ -173,3 +173,14 @@ def test_the_factorial_trains_on_cuda_like_on_the_cpu(factorial, tmp_path):
         a, b = weights(factorial, name), weights(cuda, name)
         assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) < 0.05, name
         assert abs(c.extra["final_train_loss"] - cpu_ck[name].extra["final_train_loss"]) < 0.05, name
+
+
+def test_a_spec_edited_after_training_is_refused_not_silently_resumed(factorial, tmp_path):
+    import shutil
+
+    shutil.copytree(factorial.parent, tmp_path / "out", symlinks=True)
+    spec = write_tiny_spec(tmp_path, **FACTORIAL, **{"peak_lr: 0.01": "peak_lr: 0.02"})
+    with pytest.raises(ValueError, match=r"h16-s0-\S+ was trained under other settings"):
+        train_ladder(spec, tmp_path / "out", log=lambda m: None)
+    same = write_tiny_spec(tmp_path / "out", **FACTORIAL)  # an unchanged spec: everything is done, nothing trains
+    assert train_ladder(same, tmp_path / "out", log=lambda m: None) == tmp_path / "out/manifest.json"
