@@ -63,7 +63,7 @@ def identity_row(cell: Cell, suite_name: str) -> dict:
     return {
         "key": cell.key, "suite": suite_name, "family": c.family, "checkpoint": c.name, "schedule": c.schedule,
         "size": c.size, "n_params": c.n_params, "tokens": c.tokens, "location": c.location, "revision": c.revision,
-        "stage": c.stage, "fit_group": c.fit_group,
+        "stage": c.stage, "train_seed": c.train_seed, "fit_group": c.fit_group,
         "eval": ev.name, "eval_hash": ev.text_hash, "protocol_hash": ev.protocol.hash(),
         "protocol_json": ev.protocol.model_dump(mode="json"), "method": s.method, "bits": s.bits,
         "group_size": s.group_size_value(), "quantizer": s.label(), "settings_json": s.model_dump(mode="json"),

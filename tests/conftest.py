@@ -23,6 +23,7 @@ budgets: [16384, 65536]
 schedules: [cosine]
 optim: {{peak_lr: 0.01, warmup_steps: 8}}
 threads: 1
+device: cpu
 """
 
 

@@ -14,15 +14,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("spec", help="ladder spec YAML (e.g. checkpoints/micro.yaml)")
     train.add_argument("--out", required=True, help="output folder (manifest.json + one HF folder per checkpoint)")
     train.add_argument("--sizes", help="comma-separated size names to train in this process (default: all)")
+    train.add_argument("--seeds", help="comma-separated training seeds to train in this process (default: all)")
+    train.add_argument("--prepare", action="store_true",
+                       help="only train the tokenizer (if missing) and cache the token stream, then exit")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the spec's device (default: auto)")
 
 
 def main(args: argparse.Namespace) -> int:
     from qsens.families.ladder import train_ladder
 
     try:
-        manifest = train_ladder(args.spec, args.out, args.sizes.split(",") if args.sizes else None)
+        manifest = train_ladder(args.spec, args.out, args.sizes.split(",") if args.sizes else None, device=args.device,
+                                seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
+                                prepare_only=args.prepare)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"manifest: {manifest}")
+    print(f"prepared: tokenizer and token stream of {args.out}" if args.prepare else f"manifest: {manifest}")
     return 0

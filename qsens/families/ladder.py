@@ -1,14 +1,21 @@
-"""`qsens family train`: tokenizer, data order, and every (size, schedule, budget) checkpoint of a ladder.
+"""`qsens family train`: tokenizer, data order, and every (size, seed, schedule, budget) checkpoint of a ladder.
 
 Resumable: a checkpoint listed in the manifest is never retrained; a run in flight restarts from its last saved
 state (`<out>/.state/`), and a WSD branch restarts from the stable run's state at its branch point. Several
 processes may train different sizes into one folder (`sizes=`): manifest updates hold a file lock.
+
+Two naming schemes. A spec without `cooldowns` (the micro family) names checkpoints `<size>-<schedule>-d<D>M`
+with schedules `cosine` and `wsd`, one seed. A spec with a cooldown factorial names them
+`<size>-s<seed>-<schedule>-d<D>M`, schedules `cosine`, `stable` (the warmup-stable run saved at a branch point,
+D = tokens seen there) and `wsd-f<f>` (a cooldown of f·D ending at budget D), for every seed of every size.
 """
 
 from __future__ import annotations
 
 import copy
 import fcntl
+import hashlib
+import math
 import os
 import shutil
 import sys
@@ -53,7 +60,8 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
 
 
 def _texts(spec: LadderSpec, base: Path) -> list[str]:
-    texts = [read_text(base / p) for p in spec.train_text]
+    """The training documents: files split at `<|endoftext|>` lines (a file without one is one document)."""
+    texts = [d for p in spec.train_text for d in read_text(base / p).split(EOS + "\n") if d.strip()]
     if spec.max_train_chars is not None:
         kept, left = [], spec.max_train_chars
         for t in texts:
@@ -70,9 +78,22 @@ def _locked(out: Path):
         yield
 
 
+def resolve_device(wanted: str) -> str:
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for, but torch sees no CUDA device")
+    return wanted
+
+
+def _d(tokens: int) -> str:
+    return f"d{tokens / 1e6:07.3f}M"
+
+
 class Ladder:
-    def __init__(self, spec: LadderSpec, spec_path: Path, out: Path, log=None):
+    def __init__(self, spec: LadderSpec, spec_path: Path, out: Path, log=None, device: str | None = None):
         self.spec, self.base, self.out = spec, spec_path.parent, out
+        self.device = resolve_device(device or spec.device)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         out.mkdir(parents=True, exist_ok=True)
         texts = _texts(spec, self.base)
@@ -84,101 +105,167 @@ class Ladder:
             else:
                 self.log(f"training a {spec.vocab_size}-token byte-level BPE on {sum(map(len, texts)):,} characters")
                 self.tokenizer = train_tokenizer(texts, spec.vocab_size, out / "tokenizer")
+        self.stream = self._stream(texts)
+        self.log(f"training stream: {len(self.stream):,} tokens; device {self.device}")
+
+    def _stream(self, texts: list[str]) -> np.ndarray:
+        """Documents joined by EOS (int64 [T]); cached in .state/, keyed by the texts and the tokenizer."""
+        key = hashlib.sha256((self.out / "tokenizer" / "tokenizer.json").read_bytes())
+        for t in texts:
+            key.update(hashlib.sha256(t.encode("utf-8")).digest())
+        cache = self.out / ".state" / f"stream-{key.hexdigest()[:16]}.npy"
+        if cache.is_file():
+            return np.load(cache).astype(np.int64)
         eos = self.tokenizer.eos_token_id
-        ids = [np.asarray(self.tokenizer(t, add_special_tokens=False)["input_ids"], dtype=np.int64) for t in texts]
-        stream = np.concatenate([np.concatenate([[eos], x]) for x in ids])
-        self.data = DataOrder(stream, spec)
-        self.log(f"training stream: {len(stream):,} tokens")
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]  # a batch: encoded on all cores
+        stream = np.concatenate([np.concatenate([[eos], np.asarray(x, dtype=np.int64)]) for x in ids])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        if len(self.tokenizer) < 2**16:  # uint16 on disk: a quarter of the size
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")  # per process: several may prepare at once
+            np.save(tmp, stream.astype(np.uint16))
+            tmp.replace(cache)
+        return stream
 
     def done(self) -> set[str]:
+        """Names in the manifest; an error if one was trained under other settings than the spec's now."""
         path = self.out / "manifest.json"
-        return {c.name for c in read_manifest(path).checkpoints} if path.is_file() else set()
+        if not path.is_file():
+            return set()
+        checkpoints = read_manifest(path).checkpoints
+        sizes = {s.name: s for s in self.spec.sizes}
+        for c in checkpoints:
+            was = c.extra.get("spec_fingerprint")
+            if was and c.size in sizes and was != self.spec.fingerprint(sizes[c.size]):
+                raise ValueError(f"{path}: {c.name} was trained under other settings than {self.spec.name}'s spec "
+                                 f"now (training text, tokenizer, batch, optimizer, storage or size): delete it "
+                                 f"from the manifest and its folder to retrain it, or restore the spec")
+        return {c.name for c in checkpoints}
 
-    def train(self, sizes: list[str] | None = None) -> None:
+    def train(self, sizes: list[str] | None = None, seeds: list[int] | None = None) -> None:
+        """Every (size, seed) in turn (or those listed): the WSD stable run and its branches first (they yield
+        the most checkpoints per token), then the cosine anchors."""
         for size in self.spec.sizes:
             if sizes and size.name not in sizes:
                 continue
-            budgets = sorted(self.spec.budgets)
-            if "cosine" in self.spec.schedules:
-                for budget in budgets:
-                    self._cosine(size, budget)
-            if "wsd" in self.spec.schedules:
-                self._wsd(size, budgets)
+            for seed in self.spec.seeds_for(size):
+                if seeds is not None and seed not in seeds:
+                    continue
+                # the micro family keeps its original order (seed=None); a factorial seeds init and order alike
+                data = DataOrder(self.stream, self.spec, seed if self.spec.factorial else None)
+                if "wsd" in self.spec.schedules:
+                    self._wsd(size, seed, data)
+                for budget in self.spec.cosine_plan():
+                    self._cosine(size, seed, data, budget)
 
-    def _name(self, size: SizeSpec, schedule: str, budget: int) -> str:
-        return f"{size.name}-{schedule}-d{budget / 1e6:07.3f}M"
+    def _name(self, size: SizeSpec, seed: int, schedule: str, tokens: int) -> str:
+        if not self.spec.factorial:
+            return f"{size.name}-{schedule}-{_d(tokens)}"
+        return f"{size.name}-s{seed}-{schedule}-{_d(tokens)}"
 
-    def _fresh(self, size: SizeSpec):
-        model = build_model(size, self.spec, len(self.tokenizer), self.tokenizer.eos_token_id)
+    def _fresh(self, size: SizeSpec, seed: int):
+        model = build_model(size, self.spec, len(self.tokenizer), self.tokenizer.eos_token_id, seed, self.device)
         return model, make_optimizer(model, self.spec)
 
-    def _run(self, model, opt, steps: range, schedule: str, total: int, state: Path, what: str):
-        self.log(f"[{what}] steps {steps.start}..{steps.stop} of {total}")
-        return train_steps(model, opt, self.data, steps, lambda s: lr_at(s, total, self.spec, schedule), state,
-                           lambda m: self.log(f"[{what}] {m}"), self.spec.optim.grad_clip)
+    def _run(self, model, opt, data, steps: range, lr_of, state: Path, what: str):
+        self.log(f"[{what}] steps {steps.start}..{steps.stop}")
+        return train_steps(model, opt, data, steps, lr_of, state, lambda m: self.log(f"[{what}] {m}"),
+                           self.spec.optim.grad_clip)
 
-    def _cosine(self, size: SizeSpec, budget: int) -> None:
-        name = self._name(size, "cosine", budget)
+    def _cosine(self, size: SizeSpec, seed: int, data, budget: int) -> None:
+        name = self._name(size, seed, "cosine", budget)
         if name in self.done():
             return
         total = self.spec.steps_for(budget)
-        model, opt = self._fresh(size)
+        lr_of = lambda s: lr_at(s, total, self.spec, "cosine")  # noqa: E731
+        model, opt = self._fresh(size, seed)
         state = self.out / ".state" / f"{name}.pt"
         start = load_state(state, model, opt)
-        loss, secs = self._run(model, opt, range(start, total), "cosine", total, state, name)
-        self._save(model, size, "cosine", budget, total, loss, secs)
+        loss, secs = self._run(model, opt, data, range(start, total), lr_of, state, name)
+        self._save(model, size, seed, data, name, "cosine", total, lr_of(total - 1), loss, secs, budget=budget)
         state.unlink(missing_ok=True)
 
-    def _wsd(self, size: SizeSpec, budgets: list[int]) -> None:
-        todo = [b for b in budgets if self._name(size, "wsd", b) not in self.done()]
+    def _branches(self) -> dict[int, list[tuple[int, float]]]:
+        """{branch step: [(budget, fraction), ...]} of every cooldown of the spec."""
+        out: dict[int, list[tuple[int, float]]] = {}
+        for budget, f in self.spec.cooldown_plan():
+            out.setdefault(wsd_branch_step(self.spec.steps_for(budget), self.spec, f), []).append((budget, f))
+        return dict(sorted(out.items()))
+
+    def _cooled(self, fraction: float) -> str:
+        return f"wsd-f{fraction:g}" if self.spec.factorial else "wsd"
+
+    def _wsd(self, size: SizeSpec, seed: int, data) -> None:
+        spec, tps, done = self.spec, self.spec.tokens_per_step, self.done()
+        todo = {}
+        for at, branches in self._branches().items():
+            names = [self._name(size, seed, self._cooled(f), b) for b, f in branches]
+            if spec.factorial:
+                names.append(self._name(size, seed, "stable", at * tps))
+            if set(names) - done:
+                todo[at] = branches
         if not todo:
             return
-        model, opt = self._fresh(size)
-        stable_state = self.out / ".state" / f"{size.name}-wsd-stable.pt"
+        model, opt = self._fresh(size, seed)
+        label = f"{size.name}-s{seed}" if spec.factorial else size.name
+        stable_state = self.out / ".state" / f"{label}-wsd-stable.pt"
         step = load_state(stable_state, model, opt)
-        for budget in todo:
-            total = self.spec.steps_for(budget)
-            branch_at = wsd_branch_step(total, self.spec)
-            if step > branch_at:
-                raise RuntimeError(f"stable run is at step {step}, past the branch point {branch_at} of {budget}")
-            self._run(model, opt, range(step, branch_at), "wsd", total, stable_state, f"{size.name}-wsd-stable")
-            step = branch_at
+        stable_lr = lambda s: lr_at(s, 0, spec, "stable")  # noqa: E731
+        for at, branches in todo.items():
+            if step > at:
+                raise RuntimeError(f"stable run is at step {step}, past the branch point {at}")
+            loss, secs = self._run(model, opt, data, range(step, at), stable_lr, stable_state, f"{label}-wsd-stable")
+            step = at
             save_state(stable_state, model, opt, step)
-            name = self._name(size, "wsd", budget)
-            branch_model = copy.deepcopy(model)
-            branch_opt = make_optimizer(branch_model, self.spec)
-            # deepcopy: load_state_dict would share the moment tensors, letting the branch mutate the stable run
-            branch_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
-            branch_state = self.out / ".state" / f"{name}.pt"
-            start = max(branch_at, load_state(branch_state, branch_model, branch_opt))
-            loss, secs = self._run(branch_model, branch_opt, range(start, total), "wsd", total, branch_state, name)
-            self._save(branch_model, size, "wsd", budget, total, loss, secs)
-            branch_state.unlink(missing_ok=True)
+            stable_name = self._name(size, seed, "stable", at * tps)
+            if spec.factorial and stable_name not in done:
+                self._save(model, size, seed, data, stable_name, "stable", at, stable_lr(at - 1), loss, secs)
+            for budget, f in branches:
+                name = self._name(size, seed, self._cooled(f), budget)
+                if name in done:
+                    continue
+                total = spec.steps_for(budget)
+                lr_of = lambda s, total=total, f=f: lr_at(s, total, spec, "wsd", f)  # noqa: E731
+                branch_model = copy.deepcopy(model)
+                branch_opt = make_optimizer(branch_model, spec)
+                # deepcopy: load_state_dict would share the moment tensors, letting the branch mutate the stable run
+                branch_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+                branch_state = self.out / ".state" / f"{name}.pt"
+                start = max(at, load_state(branch_state, branch_model, branch_opt))
+                loss, secs = self._run(branch_model, branch_opt, data, range(start, total), lr_of, branch_state, name)
+                self._save(branch_model, size, seed, data, name, self._cooled(f), total, lr_of(total - 1), loss, secs,
+                           budget=budget, fraction=f, branch_step=at, stable=stable_name if spec.factorial else None)
+                branch_state.unlink(missing_ok=True)
 
-    def _save(self, model, size: SizeSpec, schedule: str, budget: int, steps: int, loss: float, secs: float) -> None:
-        name = self._name(size, schedule, budget)
-        rel = Path(size.name) / schedule / name
+    def _save(self, model, size: SizeSpec, seed: int, data, name: str, schedule: str, steps: int, lr: float,
+              loss: float, secs: float, budget: int | None = None, fraction: float | None = None,
+              branch_step: int | None = None, stable: str | None = None) -> None:
+        spec, tps = self.spec, self.spec.tokens_per_step
+        folder = f"s{seed}/{schedule}" if spec.factorial else schedule
+        rel = Path(size.name) / folder / name
         final = self.out / rel
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.eval().save_pretrained(tmp, safe_serialization=True)
+        stored = copy.deepcopy(model).to("cpu", getattr(torch, spec.save_dtype)).eval()  # the live model trains on
+        stored.save_pretrained(tmp, safe_serialization=True)
         (tmp / "generation_config.json").unlink(missing_ok=True)
         for f in sorted((self.out / "tokenizer").iterdir()):  # one tokenizer, linked into every checkpoint
             os.symlink(os.path.relpath(f, tmp), tmp / f.name)
         shutil.rmtree(final, ignore_errors=True)
         tmp.replace(final)
-        spec, tps = self.spec, self.spec.tokens_per_step
         entry = ManifestCheckpoint(
             name=name, path=str(rel), size=size.name, schedule=schedule, n_params=non_embedding_params(model),
             n_params_total=sum(p.numel() for p in model.parameters()), tokens=steps * tps, steps=steps,
-            tokens_per_step=tps, epochs=steps * tps / len(self.data.stream), lr_at_checkpoint=lr_at(steps - 1, steps, spec, schedule),
-            peak_lr=spec.optim.peak_lr, seed=spec.seed, data_order=self.data.describe(), train_seconds=round(secs, 1),
+            tokens_per_step=tps, epochs=steps * tps / len(data.stream), lr_at_checkpoint=lr,
+            peak_lr=spec.optim.peak_lr, seed=seed, data_order=data.describe(), train_seconds=round(secs, 1),
             extra={"budget": budget, "hidden": size.hidden, "layers": size.layers, "heads": size.heads, "mlp": size.mlp,
                    "vocab_size": len(self.tokenizer), "sequence_length": spec.sequence_length,
-                   "batch_size": spec.batch_size, "final_train_loss": round(loss, 5),
-                   "cooldown_fraction": spec.wsd_cooldown_fraction if schedule == "wsd" else None,
+                   "batch_size": spec.batch_size,
+                   "final_train_loss": round(loss, 5) if math.isfinite(loss) else None,
+                   "cooldown_fraction": fraction if schedule != "cosine" else None,
                    "warmup_steps": spec.optim.warmup_steps, "min_lr_ratio": spec.optim.min_lr_ratio,
-                   "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                   "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            | ({"branch_step": branch_step, "stable_checkpoint": stable, "save_dtype": spec.save_dtype,
+                "device": self.device, "spec_fingerprint": spec.fingerprint(size)} if spec.factorial else {}),
         )
         with _locked(self.out):
             path = self.out / "manifest.json"
@@ -186,13 +273,14 @@ class Ladder:
                 family=spec.name, description=spec.description, train_text=list(spec.train_text),
                 heldout_text=list(spec.heldout_text), checkpoints=[])
             others = [c for c in manifest.checkpoints if c.name != name]
-            order = lambda c: (c.size, c.schedule, c.tokens)  # noqa: E731
+            order = lambda c: (c.size, c.seed, c.schedule, c.tokens)  # noqa: E731
             write_manifest(manifest.model_copy(update={"checkpoints": sorted(others + [entry], key=order)}), path)
         self.log(f"[{name}] saved: N={entry.n_params:,} D={entry.tokens:,} D/N={entry.tokens / entry.n_params:.1f} "
-                 f"loss {loss:.4f}")
+                 f"lr {lr:.2e} loss {loss:.4f}")
 
 
-def train_ladder(spec_path: str | Path, out: str | Path, sizes: list[str] | None = None, log=None) -> Path:
+def train_ladder(spec_path: str | Path, out: str | Path, sizes: list[str] | None = None, log=None,
+                 device: str | None = None, seeds: list[int] | None = None, prepare_only: bool = False) -> Path:
     """Train (or finish training) every checkpoint of the spec; returns the manifest path."""
     from qsens.families.spec import load_ladder_spec
 
@@ -203,6 +291,7 @@ def train_ladder(spec_path: str | Path, out: str | Path, sizes: list[str] | None
                          f"(allowed: {', '.join(s.name for s in spec.sizes)})")
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    ladder = Ladder(spec, Path(spec_path), Path(out), log)
-    ladder.train(sizes)
+    ladder = Ladder(spec, Path(spec_path), Path(out), log, device)
+    if not prepare_only:
+        ladder.train(sizes, seeds)
     return Path(out) / "manifest.json"

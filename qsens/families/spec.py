@@ -18,6 +18,7 @@ class SizeSpec(_Strict):
     layers: int = Field(ge=1)
     heads: int = Field(ge=1)
     mlp: int = Field(ge=4)
+    seeds: list[int] | None = Field(None, min_length=1, description="training seeds of this size (default: ladder's)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SizeSpec":
@@ -35,10 +36,18 @@ class OptimSpec(_Strict):
     grad_clip: float = Field(1.0, gt=0)
 
 
+class CooldownSpec(_Strict):
+    """WSD cooldowns of length f·D branching off the stable run at (1 - f)·D, for each listed budget D."""
+
+    fraction: float = Field(gt=0, lt=1)
+    budgets: list[int] | Literal["all"] = "all"
+
+
 class LadderSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     seed: int = 0
+    seeds: list[int] | None = Field(None, min_length=1, description="training seeds (init, data order); default [seed]")
     train_text: list[str] = Field(min_length=1, description="files (.txt/.txt.gz), relative to the spec")
     heldout_text: list[str] = Field(default_factory=list, description="never trained on; recorded in the manifest")
     vocab_size: int = Field(1024, ge=260)
@@ -48,9 +57,57 @@ class LadderSpec(_Strict):
     sizes: list[SizeSpec] = Field(min_length=1)
     budgets: list[int] = Field(min_length=1, description="token budgets D, each saved as a checkpoint")
     schedules: list[Literal["cosine", "wsd"]] = Field(default_factory=lambda: ["cosine", "wsd"])
-    wsd_cooldown_fraction: float = Field(0.2, gt=0, lt=1)
+    wsd_cooldown_fraction: float = Field(0.2, gt=0, lt=1, description="the one cooldown when `cooldowns` is unset")
+    cooldowns: list[CooldownSpec] | None = Field(
+        None, min_length=1, description="cooldown factorial; when set, the stable run is saved at every branch point")
+    cosine_budgets: list[int] | None = Field(None, min_length=1, description="budgets with a cosine run (default: all)")
+    save_dtype: Literal["float32", "float16"] = Field("float32", description="dtype of the stored (scored) weights")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     optim: OptimSpec = OptimSpec()
     threads: int = Field(0, ge=0, description="torch threads per process (0: torch's default)")
+
+    @model_validator(mode="after")
+    def _known_budgets(self) -> "LadderSpec":
+        known = set(self.budgets)
+        listed = [("cosine_budgets", self.cosine_budgets or [])]
+        listed += [(f"cooldowns[{i}].budgets", c.budgets) for i, c in enumerate(self.cooldowns or [])
+                   if c.budgets != "all"]
+        for where, budgets in listed:
+            if set(budgets) - known:
+                raise ValueError(f"{where}: {sorted(set(budgets) - known)} not in budgets {sorted(known)}")
+        fractions = [c.fraction for c in self.cooldowns or []]
+        if len(set(fractions)) != len(fractions):
+            raise ValueError(f"cooldowns: a fraction appears twice: {fractions}")
+        return self
+
+    @property
+    def factorial(self) -> bool:
+        """True when the spec lists a cooldown factorial (new-style names, stable checkpoints, seeds in names)."""
+        return self.cooldowns is not None
+
+    def seeds_for(self, size: SizeSpec) -> list[int]:
+        return size.seeds or self.seeds or [self.seed]
+
+    def cooldown_plan(self) -> list[tuple[int, float]]:
+        """(budget, fraction) of every WSD cooldown branch, by budget then fraction."""
+        if self.cooldowns is None:
+            return [(b, self.wsd_cooldown_fraction) for b in sorted(self.budgets)]
+        return sorted((b, c.fraction) for c in self.cooldowns
+                      for b in (self.budgets if c.budgets == "all" else c.budgets))
+
+    def cosine_plan(self) -> list[int]:
+        return sorted(self.cosine_budgets or self.budgets) if "cosine" in self.schedules else []
+
+    def fingerprint(self, size: SizeSpec) -> str:
+        """What a checkpoint of `size` depends on besides its own seed and schedule (recorded in the manifest, so
+        a spec edited after training cannot silently pass old checkpoints off as new ones)."""
+        import hashlib
+        import json
+
+        keys = {"train_text", "max_train_chars", "vocab_size", "sequence_length", "batch_size", "optim", "save_dtype"}
+        material = self.model_dump(mode="json", include=keys) | {
+            "size": size.model_dump(mode="json", include={"hidden", "layers", "heads", "mlp"})}
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def tokens_per_step(self) -> int:

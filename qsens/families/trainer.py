@@ -1,13 +1,16 @@
 """Pretrain a ladder of small Llama checkpoints: sizes x token budgets x schedules, on one fixed data order.
 
 Data order: the training text is one token stream (documents joined by the EOS token) cut into non-overlapping
-windows of `sequence_length + 1`; epoch e visits them in the permutation `default_rng(seed + e)`, and global
+windows of `sequence_length + 1`; epoch e visits them in a permutation drawn from the seed and e, and global
 step s takes the next `batch_size` windows. A batch depends on (seed, step) only, so every run of every size
 and schedule sees the same batches in the same order, and a resumed run continues exactly where it stopped.
+The micro family's order (`seed=None`) draws epoch e from `default_rng(spec.seed + e)`; a seeded order draws it
+from `default_rng([seed, e])`, so that seed 1's first epoch is not seed 0's second.
 
 Schedules (`lr_at`): `cosine` is one run per budget (linear warmup, cosine to min_lr at that budget's last
 step); `wsd` is one warmup-stable run at peak lr, and each budget D_i branches off it at (1 - f)·D_i into a
-linear cooldown to min_lr ending at D_i (Hägele et al. 2024; Catalan-Tatjer et al. 2025).
+linear cooldown to min_lr ending at D_i (Hägele et al. 2024; Catalan-Tatjer et al. 2025); f is the spec's
+`wsd_cooldown_fraction` unless a cooldown of the factorial passes its own.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import torch.nn.functional as F
 from qsens.families.spec import LadderSpec, SizeSpec
 
 
-def lr_at(step: int, total_steps: int, spec: LadderSpec, schedule: str) -> float:
-    """Learning rate of `step` (0-based) in a run ending at `total_steps` (for wsd: that budget's branch)."""
+def lr_at(step: int, total_steps: int, spec: LadderSpec, schedule: str, fraction: float | None = None) -> float:
+    """Learning rate of `step` (0-based) in a run ending at `total_steps` (for wsd: that budget's branch).
+
+    `schedule` is 'cosine', 'stable' (peak after warmup) or 'wsd' (a cooldown of `fraction`)."""
     o = spec.optim
     peak, low = o.peak_lr, o.peak_lr * o.min_lr_ratio
     if step < o.warmup_steps:
@@ -33,30 +38,35 @@ def lr_at(step: int, total_steps: int, spec: LadderSpec, schedule: str) -> float
     if schedule == "cosine":
         progress = (step - o.warmup_steps) / max(1, total_steps - 1 - o.warmup_steps)
         return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    cooldown_start = wsd_branch_step(total_steps, spec)
+    if schedule == "stable":
+        return peak
+    cooldown_start = wsd_branch_step(total_steps, spec, fraction)
     if step < cooldown_start:
         return peak
     progress = (step - cooldown_start + 1) / (total_steps - cooldown_start)
     return peak + (low - peak) * progress
 
 
-def wsd_branch_step(total_steps: int, spec: LadderSpec) -> int:
+def wsd_branch_step(total_steps: int, spec: LadderSpec, fraction: float | None = None) -> int:
     """First cooldown step of a WSD branch ending at `total_steps` (never inside the warmup)."""
-    return max(spec.optim.warmup_steps, round(total_steps * (1 - spec.wsd_cooldown_fraction)))
+    f = spec.wsd_cooldown_fraction if fraction is None else fraction
+    return max(spec.optim.warmup_steps, round(total_steps * (1 - f)))
 
 
 class DataOrder:
     """Batches by global step over a token stream (int64 [T]); see the module docstring."""
 
-    def __init__(self, stream: np.ndarray, spec: LadderSpec):
-        self.stream, self.L, self.B, self.seed = stream, spec.sequence_length, spec.batch_size, spec.seed
+    def __init__(self, stream: np.ndarray, spec: LadderSpec, seed: int | None = None):
+        self.stream, self.L, self.B = stream, spec.sequence_length, spec.batch_size
+        self.seed, self.seeded = (spec.seed, False) if seed is None else (seed, True)
         self.n_windows = (len(stream) - 1) // self.L
         if self.n_windows < self.B:
             raise ValueError(f"training text has {len(stream)} tokens: fewer than one batch of windows")
 
     @lru_cache(maxsize=4)
     def _perm(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng(self.seed + epoch).permutation(self.n_windows)
+        rng = np.random.default_rng([self.seed, epoch] if self.seeded else self.seed + epoch)
+        return rng.permutation(self.n_windows)
 
     def batch(self, step: int) -> torch.Tensor:
         """int64 [batch_size, sequence_length + 1]."""
@@ -66,11 +76,15 @@ class DataOrder:
 
     def describe(self) -> str:
         return (f"stream of {len(self.stream)} tokens (documents joined by EOS), {self.n_windows} windows of "
-                f"{self.L}+1 tokens at multiples of {self.L}; epoch e in permutation numpy default_rng(seed+e); "
+                f"{self.L}+1 tokens at multiples of {self.L}; epoch e in permutation numpy "
+                f"{'default_rng([seed, e])' if self.seeded else 'default_rng(seed+e)'}; "
                 f"step s takes windows s*{self.B}..(s+1)*{self.B}-1; seed {self.seed}")
 
 
-def build_model(size: SizeSpec, spec: LadderSpec, vocab_size: int, eos_id: int):
+def build_model(size: SizeSpec, spec: LadderSpec, vocab_size: int, eos_id: int, seed: int | None = None,
+                device: str = "cpu"):
+    """Float32 Llama, initialised on the CPU from `seed` (default spec.seed) and then moved, so CPU and CUDA runs
+    of a seed start from the same weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -78,8 +92,8 @@ def build_model(size: SizeSpec, spec: LadderSpec, vocab_size: int, eos_id: int):
         num_attention_heads=size.heads, num_key_value_heads=size.heads, max_position_embeddings=spec.sequence_length,
         tie_word_embeddings=True, bos_token_id=eos_id, eos_token_id=eos_id,
     )
-    torch.manual_seed(spec.seed)  # every run of a size starts from the same initial weights
-    return LlamaForCausalLM(config)
+    torch.manual_seed(spec.seed if seed is None else seed)  # every run of a (size, seed) starts from the same weights
+    return LlamaForCausalLM(config).to(device)
 
 
 def non_embedding_params(model) -> int:
@@ -93,8 +107,9 @@ def make_optimizer(model, spec: LadderSpec) -> torch.optim.Optimizer:
     o = spec.optim
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=o.peak_lr, betas=o.betas, fused=False, foreach=False)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach on CUDA (fewer kernel launches); off on the CPU, where the micro family was trained that way
+    return torch.optim.AdamW(groups, lr=o.peak_lr, betas=o.betas, fused=False, foreach=model.device.type == "cuda")
 
 
 def train_steps(model, opt, data: DataOrder, steps: range, lr_of, state_path: Path, log, grad_clip: float,
@@ -104,21 +119,22 @@ def train_steps(model, opt, data: DataOrder, steps: range, lr_of, state_path: Pa
     Returns (last loss, seconds). `lr_of(step)` gives the learning rate.
     """
     model.train()
+    device = model.device
     t0 = last_save = last_log = time.time()
     loss_value = float("nan")
     for step in steps:
         for group in opt.param_groups:
             group["lr"] = lr_of(step)
-        batch = data.batch(step)
+        batch = data.batch(step).to(device)
         logits = model(input_ids=batch[:, :-1]).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
-        loss_value = loss.item()
         now = time.time()
         if now - last_log > 20 or step == steps[-1]:
+            loss_value = loss.item()  # only here: .item() waits for the GPU
             done = step - steps[0] + 1
             log(f"step {step + 1}/{steps[-1] + 1} loss {loss_value:.4f} lr {lr_of(step):.2e} "
                 f"{done * batch[:, 1:].numel() / (now - t0):,.0f} tok/s")
@@ -140,7 +156,7 @@ def load_state(path: Path, model, opt) -> int:
     """Restore a saved state; returns the next step to run (0 when there is none)."""
     if not path.is_file():
         return 0
-    state = torch.load(path, weights_only=True)
+    state = torch.load(path, weights_only=True, map_location=model.device)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     return int(state["next_step"])

@@ -32,7 +32,7 @@ DB_NAME = "qsens.sqlite"
 IDENTITY = [
     ("key", "TEXT PRIMARY KEY"), ("suite", "TEXT"), ("family", "TEXT"), ("checkpoint", "TEXT"), ("schedule", "TEXT"),
     ("size", "TEXT"), ("n_params", "INTEGER"), ("tokens", "INTEGER"), ("location", "TEXT"), ("revision", "TEXT"),
-    ("stage", "TEXT"), ("fit_group", "TEXT"),
+    ("stage", "TEXT"), ("train_seed", "INTEGER"), ("fit_group", "TEXT"),
     ("eval", "TEXT"), ("eval_hash", "TEXT"), ("protocol_hash", "TEXT"), ("protocol_json", "TEXT"),
     ("tokens_digest", "TEXT"), ("method", "TEXT"), ("bits", "INTEGER"), ("group_size", "INTEGER"),
     ("quantizer", "TEXT"), ("settings_json", "TEXT"),

@@ -56,6 +56,7 @@ class Checkpoint:
     dtype: str = "float32"
     trust_remote_code: bool = False
     stage: str | None = None  # training stage (e.g. OLMo-2 'stage1' stable vs 'stage2' anneal), a covariate
+    train_seed: int | None = None  # the manifest's training seed (init and data order); None for hub checkpoints
     fit_group: str | None = None  # the family's fit group (FamilySpec.fit_group; None: the family itself)
 
     @property
@@ -189,7 +190,8 @@ def _manifest_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list
             continue
         out.append(
             Checkpoint(fam.name, c.name, str(manifest.checkpoint_dir(path, c)), None, c.n_params, c.tokens,
-                       c.schedule, c.size, fam.dtype, fam.trust_remote_code, None, fam.fit_group)
+                       c.schedule, c.size, fam.dtype, fam.trust_remote_code, None,
+                       train_seed=c.seed, fit_group=fam.fit_group)
         )
     if not out:
         return [], [(f"{where}.select", f"selects no checkpoint of {path}")]
@@ -216,7 +218,8 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
         name = c.name or (c.revision if c.revision else Path(c.path).name)
         out.append(
             Checkpoint(fam.name, name, location, c.revision, c.n_params or fam.n_params, tokens,
-                       c.schedule or fam.schedule, None, fam.dtype, fam.trust_remote_code, c.stage, fam.fit_group)
+                       c.schedule or fam.schedule, None, fam.dtype, fam.trust_remote_code, c.stage,
+                       fit_group=fam.fit_group)
         )
     return out, problems
 
