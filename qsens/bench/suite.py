@@ -1,4 +1,4 @@
-"""`qsens bench suite`: a whole suite's wall time, beside one full-precision pass per checkpoint measured in the same run.
+"""`qsens bench suite`: a whole suite's wall time beside one full-precision pass per checkpoint, in the same run.
 
 The suite runs through the library (`run_suite`, local executor) into a fresh temporary results folder, so nothing
 is skipped as already done. Then, as the baseline, each checkpoint's fp model scores each eval text of the suite
@@ -120,7 +120,8 @@ def to_markdown(r: dict, command: str) -> str:
         f"| suite wall time | {r['suite_seconds']:.1f} s |",
         f"| cells/s | {r['cells_per_s']:.3f} |",
         f"| fp pass, all checkpoints | {r['baseline_seconds']:.1f} s |",
-        f"| suite cost, fp passes per checkpoint | {r['fp_passes']:.2f} (goal ≤ 1 + 1.1·k = {r['goal_fp_passes']:.1f}) |",
+        f"| suite cost, fp passes per checkpoint | {r['fp_passes']:.2f} "
+        f"(goal ≤ 1 + 1.1·k = {r['goal_fp_passes']:.1f}) |",
         f"| device, threads used | {r['device']}, {r['threads']} |",
         f"| machine | {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, OMP_NUM_THREADS "
         f"{m['omp_num_threads'] or 'unset'}, torch {m['torch']}, {m['platform']} |",

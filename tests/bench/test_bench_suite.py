@@ -54,7 +54,7 @@ def test_report_arithmetic_matches_the_recorded_run(tiny_suite, tmp_path):
     for ckpt, _, stored in rows:
         assert any(c == ckpt and loss == pytest.approx(stored, rel=1e-9) for c, loss in fp)
     md = bench_suite.to_markdown(r, "qsens bench suite")
-    assert f"| cells | 4 of 4 planned (4 ok) |" in md and f"| {r['fp_passes']:.2f} (goal ≤ 1 + 1.1·k = 3.2) |" in md
+    assert "| cells | 4 of 4 planned (4 ok) |" in md and f"| {r['fp_passes']:.2f} (goal ≤ 1 + 1.1·k = 3.2) |" in md
 
 
 def test_cli_writes_report_and_json(tiny_suite, tmp_path, capsys):
