@@ -77,9 +77,18 @@ def machine() -> dict:
 def run(suite: Suite | str | Path = DEFAULT_SUITE, *, threads: int | None = None,
         limit_checkpoints: int | None = None, results_dir: str | Path | None = None) -> dict:
     """Run the suite in a fresh results folder (`results_dir`, which must be empty or absent; default a temporary
-    one, removed after), then the fp baseline; every figure of the module docstring."""
+    one, removed after), then the fp baseline; every figure of the module docstring. `threads` sets torch's
+    thread count for the run only."""
+    saved = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run(suite, limit_checkpoints, results_dir)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _run(suite: Suite | str | Path, limit_checkpoints: int | None, results_dir: str | Path | None) -> dict:
     suite = limited(suite if isinstance(suite, Suite) else load_suite(suite), limit_checkpoints)
     device = resolve_device(suite.spec.device)
     if results_dir is not None and Path(results_dir).exists() and any(Path(results_dir).iterdir()):

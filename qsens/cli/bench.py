@@ -107,9 +107,10 @@ def _suite(args: argparse.Namespace) -> int:
     from qsens.bench import suite
     from qsens.cli.validate import load_or_report
 
-    if args.limit_checkpoints is not None and args.limit_checkpoints < 1:
-        print(f"--limit-checkpoints must be >= 1, got {args.limit_checkpoints}", file=sys.stderr)
-        return 2
+    for flag, value in (("--limit-checkpoints", args.limit_checkpoints), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            print(f"{flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
     loaded = load_or_report(str(args.suite))
     if loaded is None:
         return 2

@@ -8,6 +8,7 @@ import sqlite3
 import textwrap
 
 import pytest
+import torch
 
 from qsens.bench import suite as bench_suite
 from qsens.cli import main as cli_main
@@ -37,7 +38,9 @@ def tiny_suite(tmp_path):
 
 
 def test_report_arithmetic_matches_the_recorded_run(tiny_suite, tmp_path):
+    before = torch.get_num_threads()
     r = bench_suite.run(tiny_suite, limit_checkpoints=2, results_dir=tmp_path / "res", threads=1)
+    assert torch.get_num_threads() == before  # the thread count was the run's only
     with sqlite3.connect(tmp_path / "res" / "qsens.sqlite") as con:
         rows = con.execute("SELECT checkpoint, status, fp_loss FROM cells").fetchall()
     assert r["checkpoints"] == 2 and r["k"] == 2 and r["threads"] == 1
@@ -63,6 +66,7 @@ def test_cli_writes_report_and_json(tiny_suite, tmp_path, capsys):
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["cells"] == 2 and out.read_text() == capsys.readouterr().out.rstrip("\n") + "\n"
     assert cli_main(["bench", "suite", str(tiny_suite), "--limit-checkpoints", "0"]) == 2
+    assert cli_main(["bench", "suite", str(tiny_suite), "--threads", "0"]) == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny_suite.read_text().replace("seed: 0", "seed: 0\nbogus: 1"))
     assert cli_main(["bench", "suite", str(bad)]) == 2
