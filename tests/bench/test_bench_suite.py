@@ -6,6 +6,7 @@ import gzip
 import json
 import sqlite3
 import textwrap
+from datetime import datetime
 
 import pytest
 import torch
@@ -43,9 +44,13 @@ def test_report_arithmetic_matches_the_recorded_run(tiny_suite, tmp_path):
     assert torch.get_num_threads() == before  # the thread count was the run's only
     with sqlite3.connect(tmp_path / "res" / "qsens.sqlite") as con:
         rows = con.execute("SELECT checkpoint, status, fp_loss FROM cells").fetchall()
+        first, last = con.execute("SELECT min(started_at), max(finished_at) FROM cells").fetchone()
     assert r["checkpoints"] == 2 and r["k"] == 2 and r["threads"] == 1
     assert r["cells"] == len(rows) == r["planned"] == 2 * 2 * 1  # checkpoints x quantizers x evals
     assert r["statuses"] == {"ok": 4}
+    # the cells' own timestamps (whole seconds) lie within the suite's timed wall
+    span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+    assert 0 <= span <= r["suite_seconds"] + 1
     assert r["cells_per_s"] == pytest.approx(len(rows) / r["suite_seconds"], rel=1e-12)
     base = sum(s for b in r["baseline"] for s in b["per_eval"].values())
     assert r["baseline_seconds"] == pytest.approx(base, rel=1e-12)
