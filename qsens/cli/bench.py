@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HELP = ("benchmarks: `qsens bench kernel` (RTN kernel GB/s vs copy), `qsens bench score` (scoring tokens/s vs "
-        "lm-eval's loglikelihood_rolling)")
+        "lm-eval's loglikelihood_rolling), `qsens bench suite` (a suite's wall time in fp passes)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -46,11 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--profile", action="store_true", help="add a torch-profiler table of one sweep")
     s.add_argument("--eager-kl", action="store_true", help="the eager KL kernel instead of the compiled one")
     s.add_argument("--out", type=Path, help="write the Markdown table here and its data beside it (.json)")
+    u = sub.add_parser("suite", help="a suite's wall time and cells/s, in fp passes per checkpoint (same run)")
+    u.add_argument("suite", nargs="?", type=Path, default=Path("suites/micro.yaml"), help="default: %(default)s")
+    u.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    u.add_argument("--limit-checkpoints", type=int, metavar="N", help="only the suite's first N checkpoints")
+    u.add_argument("--out", type=Path, help="write the Markdown report here and its data beside it (.json)")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.bench == "score":
         return _score(args)
+    if args.bench == "suite":
+        return _suite(args)
     import torch
 
     from qsens.bench import kernel
@@ -93,4 +100,26 @@ def _score(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table)
         args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from qsens.bench import suite
+    from qsens.cli.validate import load_or_report
+
+    for flag, value in (("--limit-checkpoints", args.limit_checkpoints), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            print(f"{flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    loaded = load_or_report(str(args.suite))
+    if loaded is None:
+        return 2
+    result = suite.run(loaded, threads=args.threads, limit_checkpoints=args.limit_checkpoints)
+    table = suite.to_markdown(result, "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
+                              else "qsens bench suite")
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
