@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import qsens.metrics.text
 import qsens.runner
 from qsens.cli import main as cli_main
 from qsens.executors import run_suite
@@ -108,3 +109,27 @@ def test_cli_run_validate_and_export(suite_file, tmp_path, capsys):
     header = out.read_text().splitlines()[0].split(",")
     assert header[:3] == ["family", "checkpoint", "schedule"] and "delta_loss_ci_high" in header
     assert cli_main(["export", "--results", str(tmp_path / "nothing")]) == 2
+
+
+def test_eval_text_tokenized_once_per_tokenizer(suite_file, tmp_path, monkeypatch):
+    """Checkpoints sharing a tokenizer share the eval tokens (the same ids they would each have built); another
+    tokenizer builds its own."""
+    import qsens.runner as runner
+    from qsens.families.loading import load_tokenizer
+
+    built = []
+    real = runner.build_eval_tokens
+    monkeypatch.setattr(runner, "build_eval_tokens", lambda *a, **k: built.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(runner, "_EVAL_TOKENS", type(runner._EVAL_TOKENS)())
+    suite = load_suite(suite_file)
+    assert len(suite.checkpoints) >= 2
+    run_suite(suite, tmp_path / "res", progress=False)
+    digests = {runner._tokenizer_digest(load_tokenizer(c)) for c in suite.checkpoints}
+    assert len(built) == len(digests) * len(suite.evals)
+    cells = ResultStore(tmp_path / "res").cells(status="ok")
+    independent = real(qsens.metrics.text.read_text(suite.evals[0].path), load_tokenizer(suite.checkpoints[-1]),
+                       suite.evals[0].protocol, 2048)
+    assert {c["tokens_digest"] for c in cells} == {independent.digest}
+
+    other = type("Other", (), {"backend_tokenizer": None})()
+    assert runner._tokenizer_digest(other) is None  # a slow tokenizer is never shared: no key to prove it equal
