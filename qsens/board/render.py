@@ -84,5 +84,8 @@ def write_data(site: dict, cells: list[dict], out: Path) -> None:
     """leaderboard.json/.csv (the index rows) and cells.json/.csv (every cell, qsens export's field contract)."""
     _write(out / "leaderboard.json", leaderboard_json(site))
     _write(out / "leaderboard.csv", leaderboard_csv(site))
-    _write(out / "cells.json", to_json(cells))
-    _write(out / "cells.csv", to_csv(cells))
+    # per-window sums (a base64 blob per cell, for paired comparisons) would triple the published files and say
+    # nothing to a reader; `qsens export` carries them. The column stays, empty, so the field contract holds.
+    readable = [{k: v for k, v in c.items() if k != "window_sums"} for c in cells]
+    _write(out / "cells.json", to_json(readable))
+    _write(out / "cells.csv", to_csv(readable))
