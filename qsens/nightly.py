@@ -62,11 +62,7 @@ def load_config(path: str | Path) -> NightlyConfig:
 
     path = Path(path)
     try:  # read like a suite: size cap, UTF-8, duplicate keys and 64-bit integers are errors
-        raw = document.parse_yaml(document.read_text(path))
-        problems = document.check_tree(raw)
-        if problems:
-            raise document.InputError(problems)
-        return NightlyConfig.model_validate(raw)
+        return NightlyConfig.model_validate(document.read_checked(path))
     except document.InputError as exc:
         raise ConfigError(f"{path}: invalid nightly config\n  " + "\n  ".join(
             f"{path}: {w or '<top>'}: {m}" for w, m in exc.problems)) from None

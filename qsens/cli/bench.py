@@ -70,11 +70,16 @@ def main(args: argparse.Namespace) -> int:
     data = kernel.run(sizes, args.bits, args.group_size, getattr(torch, args.dtype), device, args.iters)
     command = "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "qsens bench kernel"
     table = kernel.to_markdown(data, command)
+    return _publish(table, data, args.out)
+
+
+def _publish(table: str, data, out: Path | None) -> int:
+    """Print the markdown table; with --out also write it there and the data as JSON beside it."""
     print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
-        args.out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+        out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
 
@@ -95,12 +100,7 @@ def _score(args: argparse.Namespace) -> int:
                          kl_compile=not args.eager_kl) for m in args.models]
     table = score.to_markdown(results, "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
                               else "qsens bench score")
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return _publish(table, results, args.out)
 
 
 def _suite(args: argparse.Namespace) -> int:
@@ -117,9 +117,4 @@ def _suite(args: argparse.Namespace) -> int:
     result = suite.run(loaded, threads=args.threads, limit_checkpoints=args.limit_checkpoints)
     table = suite.to_markdown(result, "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
                               else "qsens bench suite")
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return _publish(table, result, args.out)

@@ -64,10 +64,7 @@ def read_manifest(path: str | Path, max_bytes: int = 64 << 20) -> Manifest:
     pydantic's ValidationError when a field is wrong."""
     from qsens.suites import document
 
-    raw = document.parse_json(document.read_text(Path(path), max_bytes=max_bytes))
-    problems = document.check_tree(raw)
-    if problems:
-        raise document.InputError(problems)
+    raw = document.read_checked(Path(path), max_bytes=max_bytes, fmt="json")
     return Manifest.model_validate_json(json.dumps(raw), strict=True)
 
 

@@ -134,6 +134,17 @@ def _join(where: str, part) -> str:
     return f"{where}[{part}]" if isinstance(part, int) else (f"{where}.{part}" if where else str(part))
 
 
+def read_checked(path: Path, max_bytes: int = MAX_BYTES, fmt: str = "yaml"):
+    """A YAML (or JSON) file as plain data that passed `check_tree`: size cap, UTF-8, no duplicate keys, 64-bit
+    integers, finite floats. Raises InputError with every problem."""
+    text = read_text(Path(path), max_bytes=max_bytes)
+    raw = parse_json(text) if fmt == "json" else parse_yaml(text)
+    problems = check_tree(raw)
+    if problems:
+        raise InputError(problems)
+    return raw
+
+
 def check_tree(tree, where: str = "") -> list[tuple[str, str]]:
     """Problems of a parsed document that no schema should have to see (see the module docstring)."""
     problems: list[tuple[str, str]] = []
