@@ -107,11 +107,27 @@ def leaderboard_rows(cells: list[dict], fits: list[dict], changes: dict) -> list
     return rows
 
 
+def _clearly_below(best: dict, runner: dict) -> tuple[bool | None, str | None]:
+    """Whether best's q_loss is below runner's beyond noise. Scored on the same tokens (one tokenizer, eval and
+    protocol) the two are paired: the block-bootstrap interval of the per-window difference must exclude 0, which
+    counts the shared difficulty of the text once. Otherwise only the two intervals can be compared (disjoint)."""
+    from qsens.metrics.compare import paired_difference
+
+    try:
+        diff = paired_difference(runner, best, "q_loss")
+        return bool(diff["ci_low"] > 0), "paired"
+    except ValueError:  # different tokens, or cells stored before per-window sums were kept
+        pass
+    if best.get("q_loss_ci_high") is None or runner.get("q_loss_ci_low") is None:
+        return None, None
+    return bool(best["q_loss_ci_high"] < runner["q_loss_ci_low"]), "intervals"
+
+
 def best_checkpoints(cells: list[dict]) -> list[dict]:
     """Per family × eval × bit width: the checkpoint (and quantizer) with the lowest post-quantization loss.
 
     Losses on different eval texts are not comparable, so eval is part of the group. `clear` says whether the
-    winner's interval lies wholly below the runner-up's (else the choice is within noise).
+    winner's loss is below the runner-up's beyond noise (see `_clearly_below`; `clear_by` names the test).
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for c in cells:
@@ -122,9 +138,7 @@ def best_checkpoints(cells: list[dict]) -> list[dict]:
         ranked = sorted(group, key=lambda c: c["q_loss"])
         best, runner = ranked[0], next((c for c in ranked[1:] if c.get("checkpoint") != ranked[0].get("checkpoint")),
                                        None)
-        clear = None
-        if runner and best.get("q_loss_ci_high") is not None and runner.get("q_loss_ci_low") is not None:
-            clear = best["q_loss_ci_high"] < runner["q_loss_ci_low"]
+        clear, clear_by = _clearly_below(best, runner) if runner else (None, None)
         out.append({"family": family, "eval": ev, "bits": bits, "checkpoint": best.get("checkpoint"),
                     "schedule": best.get("schedule"), "quantizer": best.get("quantizer"),
                     "n_params": best.get("n_params"), "tokens": best.get("tokens"), "d_over_n": d_over_n(best),
@@ -132,7 +146,7 @@ def best_checkpoints(cells: list[dict]) -> list[dict]:
                     "q_loss_ci_high": best.get("q_loss_ci_high"), "fp_loss": best.get("fp_loss"),
                     "delta_loss": best.get("delta_loss"), "n_candidates": len(group),
                     "runner_up": runner and runner.get("checkpoint"), "runner_up_q_loss": runner and runner["q_loss"],
-                    "clear": clear, "family_page": family_page(family)})
+                    "clear": clear, "clear_by": clear_by, "family_page": family_page(family)})
     out.sort(key=lambda r: (str(r["family"]), str(r["eval"]), r["bits"] or 0))
     return out
 

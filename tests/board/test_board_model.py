@@ -149,3 +149,31 @@ def test_a_fit_group_fit_serves_each_member_family_with_its_verdict():
     rows = leaderboard_rows(all_cells(), [effective, nominal], {})
     row = next(r for r in rows if r["schedule"] == "cosine" and r["eval"] == "vathek" and r["bits"] == 4)
     assert row["fit_key"] == "nom" and row["fit_verdict"] == "does not fit"
+
+
+def test_which_checkpoint_on_the_same_tokens_is_decided_paired():
+    """Two checkpoints scored on the same tokens: the text's difficulty varies a lot from window to window (so each
+    cell's own interval is wide and they overlap), but the better checkpoint is better on every window by 0.01
+    nats/token. The paired test sees it; comparing the two intervals cannot."""
+    from qsens.metrics.compare import encode_window_sums
+
+    rng = np.random.default_rng(7)
+    n = np.full(200, 100.0)
+    difficulty = 4.0 + rng.normal(0, 1.0, 200)  # per-window mean loss, shared by both checkpoints
+    a = cell("f", None, 1000, 10_000, 4.00, 4, 0.01)
+    b = cell("f", None, 1000, 20_000, 4.01, 4, 0.01)
+    for c, offset in ((a, 0.0), (b, 0.01)):
+        fp = n * (difficulty + offset + rng.normal(0, 1e-3, 200))
+        c["window_sums"] = encode_window_sums({"n_tokens": n, "fp_nll": fp, "delta_nll": n * 0.01,
+                                               "doc": np.zeros(200, dtype=np.int64)})
+        c["tokens_digest"] = "same-ids"
+        c["q_loss"] = float((fp.sum() + n.sum() * 0.01) / n.sum())
+        half = 1.96 * difficulty.std() / np.sqrt(200)  # each cell's own interval, iid bound: about ±0.14
+        c["q_loss_ci_low"], c["q_loss_ci_high"] = c["q_loss"] - half, c["q_loss"] + half
+    assert a["q_loss_ci_high"] > b["q_loss_ci_low"]  # the intervals overlap
+    (best,) = best_checkpoints([a, b])
+    assert best["checkpoint"] == a["checkpoint"] and best["clear"] is True and best["clear_by"] == "paired"
+
+    b["tokens_digest"] = "other-ids"  # different tokens: only the intervals can be compared, and they overlap
+    (best,) = best_checkpoints([a, b])
+    assert best["clear"] is False and best["clear_by"] == "intervals"
