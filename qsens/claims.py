@@ -232,7 +232,7 @@ def load(results_dir: str | Path) -> tuple[list[dict], list[dict], list[dict]]:
     from qsens.fit import store
 
     db = Path(results_dir) / store.DB_NAME
-    con = store.connect(db)
+    con = store.connect_for_reading(db)
     try:
         return _ok(store.load_cells(db)), store.load_fits(con), store.load_comparisons(con)
     finally:

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _fit_section(results: str) -> str:
     from qsens.fit import report, store
 
-    con = store.connect(Path(results) / store.DB_NAME)
+    con = store.connect_for_reading(Path(results) / store.DB_NAME)
     try:
         fits = store.load_fits(con)
     finally:

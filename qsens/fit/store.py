@@ -47,6 +47,17 @@ def connect(db_path: str | Path) -> sqlite3.Connection:
     return con
 
 
+def connect_for_reading(db_path: str | Path) -> sqlite3.Connection:
+    """A connection `load_fits`/`load_comparisons` can use in a read-only results folder (never writes)."""
+    from qsens.store.db import connect_readonly
+
+    return connect_readonly(db_path)
+
+
+def _has_table(con: sqlite3.Connection, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
 def ensure_tables(con: sqlite3.Connection) -> None:
     """Create `fits` and `fit_comparisons` if missing; add columns a newer qsens defines."""
     con.execute(f"CREATE TABLE IF NOT EXISTS fits ({', '.join(f'{n} {t}' for n, t in FIT_COLUMNS)})")
@@ -120,16 +131,23 @@ def save_fits(con: sqlite3.Connection, records: list[dict], comparisons: list[di
 
 
 def load_fits(con: sqlite3.Connection) -> list[dict]:
-    """Every stored fit, JSON columns decoded, ordered by law and group."""
-    ensure_tables(con)
-    rows = con.execute("SELECT * FROM fits ORDER BY law, family, schedule, eval, method, settings, bits").fetchall()
-    return [{k: (json.loads(r[k]) if k in JSON_COLUMNS and r[k] is not None else r[k]) for k in r.keys()}
+    """Every stored fit, JSON columns decoded, ordered by law and group ([] before any fit was stored). Reads
+    only, so it works on a read-only results folder."""
+    if not _has_table(con, "fits"):
+        return []
+    have = {row[1] for row in con.execute("PRAGMA table_info(fits)")}
+    order = [c for c in ("law", "family", "schedule", "eval", "method", "settings", "bits") if c in have]
+    rows = con.execute(f"SELECT * FROM fits ORDER BY {', '.join(order) or 'rowid'}").fetchall()
+    # a table an older qsens wrote lacks newer columns: they read as None, as `ensure_tables` would add them
+    return [{**dict.fromkeys(FIT_COLUMN_NAMES),
+             **{k: (json.loads(r[k]) if k in JSON_COLUMNS and r[k] is not None else r[k]) for k in r.keys()}}
             for r in rows]
 
 
 def load_comparisons(con: sqlite3.Connection) -> list[dict]:
-    """The stored schedule comparisons (pipeline.compare_schedules records), in a stable order."""
-    ensure_tables(con)
+    """The stored schedule comparisons (pipeline.compare_schedules records), in a stable order; reads only."""
+    if not _has_table(con, "fit_comparisons"):
+        return []
     rows = con.execute("SELECT body FROM fit_comparisons ORDER BY fit_a, fit_b, exponent").fetchall()
     return [json.loads(r[0]) for r in rows]
 
