@@ -19,6 +19,7 @@ LR_SCHEDULES = {"cosine", "wsd", "linear", "linear-anneal", "constant"}
 def _suite(tmp_path, fit_group_line: str):
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "config.json").write_text("{}")
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"\0" * 8)  # validation checks weights exist, non-empty
     (tmp_path / "eval.txt").write_text("text\n" * 20)
     path = tmp_path / "suite.yaml"
     path.write_text(textwrap.dedent(f"""
