@@ -249,6 +249,8 @@ def _context_problems(checkpoints: list[Checkpoint], evals: list[EvalText], spec
             limits[c.location] = info.max_positions if info else None
     for ev in evals:
         need = ev.protocol.context_length
+        if need == "model":  # resolves to each checkpoint's own maximum: it fits by definition
+            continue
         for c in checkpoints:
             limit = limits.get(c.location)
             if limit is not None and need > limit:

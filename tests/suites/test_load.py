@@ -103,3 +103,14 @@ def test_duplicate_settings_are_an_error(folder):
                         "  - {method: rtn, bits: 4, group_size: 32}\n  - {method: rtn, bits: 4, group_size: 32}")
     with pytest.raises(SuiteError, match="the same setting appears twice"):
         load_suite(write(folder, body))
+
+
+def test_context_length_model_passes_the_up_front_positions_check(folder):
+    """`context_length: model` (the lm-eval preset) is each checkpoint's own maximum, so it always fits; the
+    up-front check compared the string with the checkpoint's limit and crashed (TypeError, exit 70)."""
+    (folder / "ck" / "config.json").write_text('{"max_position_embeddings": 128}')
+    suite = load_suite(write(folder, GOOD.replace("preset: gptq, protocol: {context_length: 64}", "preset: lm-eval")))
+    assert suite.evals[0].protocol.context_length == "model"
+    too_long = GOOD.replace("context_length: 64", "context_length: 256")  # a number is still checked
+    with pytest.raises(SuiteError, match="256 exceeds max_position_embeddings 128"):
+        load_suite(write(folder, too_long))
