@@ -10,7 +10,7 @@ Config (YAML, relative paths resolved against the config file's folder):
     suites:
       - {suite: suites/pythia.yaml, results: results/pythia, executor: ray, address: auto}
       - {suite: suites/olmo.yaml}            # results/<suite name>, local executor
-    fit: true                                # `qsens fit --results DIR` on each results folder
+    fit: true                                # fit each results folder (qsens.analysis.fit, as `qsens fit`)
     board: {results: results, out: site}     # qsens.board.build.build_board(results, out)
     log: results/nightly.jsonl
 """
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qsens.errors import error_text
+from qsens.provenance import utc_now
 
 
 class _Strict(BaseModel):
@@ -58,12 +59,12 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | Path) -> NightlyConfig:
-    from qsens.suites import document
+    from qsens import documents
 
     path = Path(path)
     try:  # read like a suite: size cap, UTF-8, duplicate keys and 64-bit integers are errors
-        return NightlyConfig.model_validate(document.read_checked(path))
-    except document.InputError as exc:
+        return NightlyConfig.model_validate(documents.read_checked(path))
+    except documents.InputError as exc:
         raise ConfigError(f"{path}: invalid nightly config\n  " + "\n  ".join(
             f"{path}: {w or '<top>'}: {m}" for w, m in exc.problems)) from None
     except ValidationError as exc:
@@ -80,10 +81,6 @@ class Step:
     details: dict = field(default_factory=dict)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _step(name: str, fn, **details) -> Step:
     """Run one step; any exception fails this step (with its traceback tail), never the whole run."""
     step, t0 = Step(name, details=details), time.perf_counter()
@@ -94,8 +91,7 @@ def _step(name: str, fn, **details) -> Step:
     except Exception as exc:  # noqa: BLE001 - a failing step is recorded, the next one still runs
         step.ok = False
         step.details.update(getattr(exc, "counts", {}))  # a suite with failed cells keeps its counts
-        tail = "".join(traceback.format_exception(exc)[-2:]).strip()
-        step.error = f"{type(exc).__name__}: {exc}\n{tail}"[:4000]
+        step.error = error_text(exc, frames=2)
     step.seconds = round(time.perf_counter() - t0, 3)
     return step
 
@@ -127,31 +123,16 @@ def _run_suite(entry: SuiteEntry, base: Path, results_dirs: list[Path]) -> dict:
 
 
 def _fit(results: Path) -> dict:
-    """`qsens fit --results DIR`, through the fit command's own parser; a missing fit module fails clearly."""
-    import argparse
-    import importlib
+    """Fit the cells of one results folder and store the fits, as `qsens fit --results DIR` does."""
+    from qsens.analysis.fit import fit_results
 
-    try:
-        module = importlib.import_module("qsens.cli.fit")
-    except ModuleNotFoundError as exc:
-        raise RuntimeError(f"the fit step needs `qsens fit`, which this install lacks ({exc})") from None
-    parser = argparse.ArgumentParser(prog="qsens fit")
-    module.add_arguments(parser)
-    try:
-        args = parser.parse_args(["--results", str(results)])
-    except SystemExit:
-        raise RuntimeError("`qsens fit` does not accept `--results DIR`; the nightly cannot call it") from None
-    status = int(module.main(args) or 0)
-    if status:
-        raise RuntimeError(f"`qsens fit --results {results}` exited with status {status}")
-    return {"results": str(results)}
+    run = fit_results(results)
+    return {"results": str(results), "fits": len(run.records), "fits_ok": run.ok}
 
 
 def _board(board: BoardEntry, base: Path) -> dict:
-    try:
-        from qsens.board.build import build_board
-    except ModuleNotFoundError as exc:
-        raise RuntimeError(f"the board step needs qsens.board.build, which this install lacks ({exc})") from None
+    from qsens.board.build import build_board
+
     build_board(base / board.results, base / board.out)
     return {"out": str(base / board.out)}
 
@@ -174,7 +155,7 @@ def run_nightly(config_path: str | Path) -> dict:
 
     config_path = Path(config_path).resolve()
     config, base = load_config(config_path), config_path.parent
-    started, t0 = _now(), time.perf_counter()
+    started, t0 = utc_now(), time.perf_counter()
     results_dirs: list[Path] = []
     steps = [_step(f"suite {e.suite}", lambda e=e: _run_suite(e, base, results_dirs), executor=e.executor)
              for e in config.suites]
@@ -200,7 +181,7 @@ def _record(config_path: Path, config: NightlyConfig, steps: list[Step], started
     executors = sorted({e.executor for e in config.suites})
     return {
         "kind": "nightly", "config": str(config_path), "suite": ",".join(s["suite"] for s in suites if "suite" in s),
-        "started_at": started, "finished_at": _now(), "ok": all(s.ok for s in steps),
+        "started_at": started, "finished_at": utc_now(), "ok": all(s.ok for s in steps),
         "cells_planned": total["planned"], "cells_computed": total["computed"], "cells_skipped": total["skipped"],
         "cells_failed": total["failed"], "executor": ",".join(executors),
         "device": prov["device"], "cell_devices": _cell_devices(results_dirs, started), **prov,

@@ -1,14 +1,20 @@
-"""What produced a result: code version, library versions, machine, device."""
+"""What produced a result and when: code version, library versions, machine, device, UTC time."""
 
 from __future__ import annotations
 
 import platform
 import socket
 import subprocess
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+
+def utc_now() -> str:
+    """Now, as every qsens timestamp is written: ISO 8601 in UTC, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @lru_cache(maxsize=1)

@@ -18,7 +18,7 @@ from qsens.fit import groups
 from qsens.fit.fitting import fit_law
 from qsens.fit.laws import UNIFIED
 from qsens.fit.pipeline import paired_draws
-from qsens.fit.store import load_cells
+from qsens.store.cells import read_cells
 
 
 def gamma_rows(cells: list[dict], ev: str, boot: int) -> None:
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--eval", default="heldout-novels")
     args = ap.parse_args()
-    cells = load_cells(f"{args.results}/qsens.sqlite")
+    cells = read_cells(args.results, status="ok")
     gamma_rows(cells, args.eval, args.boot)
     schedule_sd(cells, args.eval, args.boot)
 

@@ -23,7 +23,7 @@ from qsens.metrics.text import read_text
 from qsens.metrics.windows import build_eval_tokens
 from qsens.quantizers import rtn
 from qsens.quantizers.base import QuantContext
-from qsens.suites.protocol import resolve_protocol
+from qsens.metrics.protocol import resolve_protocol
 
 REPO = Path(__file__).resolve().parents[1]
 ck = sys.argv[1] if len(sys.argv) > 1 else str(REPO / "checkpoints/micro/s64/cosine/s64-cosine-d008.000M")
@@ -41,7 +41,7 @@ tokens = build_eval_tokens(read_text(REPO / "data/eval/heldout-novels.txt.gz"), 
 ref = score_reference(model, tokens, cpu, 16, keep_logits=True)
 w, W = tokens.window_index.numpy(), len(tokens.windows)
 for bits in (2, 3, 4):
-    ctx = QuantContext(fp_model=model, tokenizer=tok, reload=load, device=cpu, seed=0, calibration=None,
+    ctx = QuantContext(fp_model=model, tokenizer=tok, device=cpu, seed=0, calibration=None,
                        checkpoint_dir=None)
     q = score_quantized(rtn.quantize(ctx, rtn.Settings(bits=bits, group_size=8, backend="torch")).model, tokens, ref,
                         cpu, 16)

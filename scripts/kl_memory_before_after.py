@@ -2,7 +2,7 @@
 before issue 14) beside `score_together`, in one process.
 
     git show 37db9bc:qsens/metrics/scoring.py > /tmp/old_scoring.py
-    python -m qsens.families.standins pythia-160m /tmp/st160-l2 --layers 2 --tokenizer-vocab 4096
+    python -m qsens.testbed.standins pythia-160m /tmp/st160-l2 --layers 2 --tokenizer-vocab 4096
     OMP_NUM_THREADS=1 python scripts/kl_memory_before_after.py /tmp/st160-l2 2048,8192 /tmp/old_scoring.py
 
 Prints one JSON line per T: peak RSS above the loaded models (MB), temp disk (MB), seconds, and how far the
@@ -19,7 +19,7 @@ from qsens.metrics.resources import measured, peak_rss_bytes, reset_peak_rss
 from qsens.metrics.scoring import score_together
 from qsens.metrics.text import read_text
 from qsens.metrics.windows import build_eval_tokens
-from qsens.suites.protocol import Protocol
+from qsens.metrics.protocol import Protocol
 from qsens.bench.score import quantized_copies
 spec = importlib.util.spec_from_file_location("old_scoring", sys.argv[3])
 old = importlib.util.module_from_spec(spec); sys.modules["old_scoring"] = old; spec.loader.exec_module(old)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-from qsens.families.spec import load_ladder_spec
-from qsens.families.trainer import wsd_branch_step
+from qsens.testbed.spec import load_ladder_spec
+from qsens.testbed.trainer import wsd_branch_step
 
 
 def main() -> None:

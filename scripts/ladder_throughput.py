@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
-from qsens.families.spec import load_ladder_spec
-from qsens.families.trainer import DataOrder, build_model, make_optimizer, non_embedding_params, train_steps
+from qsens.testbed.spec import load_ladder_spec
+from qsens.testbed.trainer import DataOrder, build_model, make_optimizer, non_embedding_params, train_steps
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from qsens.metrics.scoring import score_reference
 from qsens.metrics.text import read_text
 from qsens.metrics.windows import build_eval_tokens, model_max_length
-from qsens.suites.protocol import resolve_protocol
+from qsens.metrics.protocol import resolve_protocol
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

@@ -42,7 +42,7 @@ def tiny_family(tmp_path_factory) -> Path:
 
     Returns the manifest path. The models learn enough (loss well below uniform) for quantization to matter.
     """
-    from qsens.families.ladder import train_ladder
+    from qsens.testbed.ladder import train_ladder
 
     folder = tmp_path_factory.mktemp("tiny-family")
     return train_ladder(write_tiny_spec(folder), folder / "out", log=lambda msg: None)

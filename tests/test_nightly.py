@@ -2,9 +2,7 @@
 exit status 1 when any cell or step failed, 2 for an invalid config."""
 
 import json
-import sys
 import textwrap
-import types
 
 import pytest
 import torch
@@ -57,16 +55,15 @@ def _suite(folder, name, model_dir, bits="[2, 8]", extra_ckpt=""):
 
 @pytest.fixture
 def fake_fit_and_board(monkeypatch):
-    """Stand-ins for `qsens fit` and the board builder, recording how the nightly calls them."""
+    """Stand-ins for the fit job and the board builder, recording how the nightly calls them."""
+    import qsens.analysis.fit
+    import qsens.board.build
+
     calls = []
-    fit = types.ModuleType("qsens.cli.fit")
-    fit.HELP = "fit"
-    fit.add_arguments = lambda parser: parser.add_argument("--results", required=True)
-    fit.main = lambda args: calls.append(("fit", args.results)) or 0
-    build = types.ModuleType("qsens.board.build")
-    build.build_board = lambda results, out: calls.append(("board", str(results), str(out)))
-    monkeypatch.setitem(sys.modules, "qsens.cli.fit", fit)
-    monkeypatch.setitem(sys.modules, "qsens.board.build", build)
+    monkeypatch.setattr(qsens.analysis.fit, "fit_results",
+                        lambda results: calls.append(("fit", str(results))) or qsens.analysis.fit.FitRun(results))
+    monkeypatch.setattr(qsens.board.build, "build_board",
+                        lambda results, out: calls.append(("board", str(results), str(out))))
     return calls
 
 
@@ -100,9 +97,14 @@ def test_nightly_runs_incrementally_and_records_each_run(tiny_model, tmp_path, f
 
 
 def test_nightly_fails_when_a_step_fails_but_runs_the_rest(tiny_model, tmp_path, monkeypatch):
-    """A missing suite file, a suite with a failing cell and a missing fit command each fail their own step; the
-    other suite still runs, and the exit status is 1."""
-    monkeypatch.setitem(sys.modules, "qsens.cli.fit", None)  # `import qsens.cli.fit` raises ModuleNotFoundError
+    """A missing suite file, a suite with a failing cell and a failing fit each fail their own step; the other
+    suite still runs, and the exit status is 1."""
+    import qsens.analysis.fit
+
+    def no_fit(results):
+        raise qsens.analysis.fit.FitInputError(f"cannot fit {results}")
+
+    monkeypatch.setattr(qsens.analysis.fit, "fit_results", no_fit)
     bad = tmp_path / "not-a-model"
     bad.mkdir()
     (bad / "config.json").write_text("{}")
@@ -121,7 +123,7 @@ def test_nightly_fails_when_a_step_fails_but_runs_the_rest(tiny_model, tmp_path,
     broken = steps["suite broken.yaml"]
     assert not broken["ok"] and broken["details"]["computed"] == 2 and broken["details"]["failed"] == 2
     fit = steps[f"fit {tmp_path / 'results/broken'}"]
-    assert not fit["ok"] and "qsens fit" in fit["error"]
+    assert not fit["ok"] and "FitInputError: cannot fit" in fit["error"]
     assert record["cells_failed"] == 2 and not record["ok"]
     assert len(ResultStore(tmp_path / "results/broken").cells()) == 4
     assert read_runs(tmp_path / "results/broken")[0]["ok"] == 0

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 import qsens.metrics.text
-import qsens.runner
+import qsens.runner.worker
 from qsens.cli import main as cli_main
 from qsens.executors import run_suite
-from qsens.runner import plan_cells
+from qsens.runner.plan import plan_cells
 from qsens.store import ResultStore
 from qsens.suites.load import load_suite
 
@@ -40,8 +40,8 @@ def suite_file(tmp_path, tiny_family):
 
 def test_run_stores_every_cell_with_sane_numbers(suite_file, tmp_path, monkeypatch):
     calls = []
-    real = qsens.runner.score_together
-    monkeypatch.setattr(qsens.runner, "score_together", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    real = qsens.runner.worker.score_together
+    monkeypatch.setattr(qsens.runner.worker, "score_together", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     suite = load_suite(suite_file)
     summary = run_suite(suite, tmp_path / "res", progress=False)
     cells = ResultStore(tmp_path / "res").cells()
@@ -76,7 +76,7 @@ def test_rerun_computes_nothing_and_a_changed_protocol_is_new(suite_file, tmp_pa
 
 
 def test_a_crash_mid_run_loses_only_the_cell_in_flight(suite_file, tmp_path, monkeypatch):
-    import qsens.runner as runner
+    import qsens.runner.worker as runner
 
     real, seen = runner.sensitivity_metrics, []
 
@@ -114,7 +114,7 @@ def test_cli_run_validate_and_export(suite_file, tmp_path, capsys):
 def test_eval_text_tokenized_once_per_tokenizer(suite_file, tmp_path, monkeypatch):
     """Checkpoints sharing a tokenizer share the eval tokens (the same ids they would each have built); another
     tokenizer builds its own."""
-    import qsens.runner as runner
+    import qsens.runner.checkpoint as runner
     from qsens.families.loading import load_tokenizer
 
     built = []

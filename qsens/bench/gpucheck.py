@@ -133,7 +133,7 @@ def micro_step(py: str, out: Path, cuda: bool, reduced: bool, executor: str = "l
 
 
 def standins_step(py: str, out: Path, cuda: bool, reduced: bool) -> dict:
-    from qsens.families.standins import build_standin
+    from qsens.testbed.standins import build_standin
 
     shapes = [("pythia-160m", 1)] if reduced else [("pythia-160m", None), ("pythia-410m", None), ("olmo2-1b", None)]
     fams = ""

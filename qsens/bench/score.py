@@ -26,7 +26,7 @@ import torch
 from qsens.metrics.scoring import score_reference, score_together
 from qsens.metrics.text import read_text
 from qsens.metrics.windows import build_eval_tokens
-from qsens.suites.protocol import Protocol
+from qsens.metrics.protocol import Protocol
 
 
 def lmeval_rolling(model, tokenizer, text: str, context: int, batch_size: int) -> tuple[float, float]:
@@ -46,7 +46,7 @@ def quantized_copies(model, tokenizer, device: torch.device, k: int) -> list[tor
     from qsens.quantizers import rtn
     from qsens.quantizers.base import QuantContext
 
-    ctx = QuantContext(fp_model=model, tokenizer=tokenizer, reload=None, device=device, seed=0)
+    ctx = QuantContext(fp_model=model, tokenizer=tokenizer, device=device, seed=0)
     bits = [4, 3, 8, 2]
     return [rtn.quantize(ctx, rtn.Settings(bits=bits[i % 4], group_size=128,
                                            skip=("lm_head", "embed_out"))).model for i in range(k)]

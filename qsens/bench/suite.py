@@ -28,7 +28,7 @@ import torch
 from qsens.executors import run_suite
 from qsens.families.loading import resolve_device
 from qsens.metrics.scoring import score_reference
-from qsens.runner import _Checkpoint
+from qsens.runner.checkpoint import LoadedCheckpoint
 from qsens.store import ResultStore
 from qsens.suites.load import Suite, load_suite
 
@@ -49,7 +49,7 @@ def fp_baseline(suite: Suite, device: torch.device) -> list[dict]:
     the suite also pays once per checkpoint); loading is not timed."""
     out = []
     for ckpt in suite.checkpoints:
-        state = _Checkpoint(suite, ckpt, device)
+        state = LoadedCheckpoint(suite, ckpt, device)
         try:
             per_eval, fp_loss, tokens, tokenize = {}, {}, 0, 0.0
             for ev in suite.evals:

@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qsens.store.db import DB_NAME
+from qsens.store.sqlite import DB_NAME, connect
 
 # Parameter names that are exponents of a scaling law; shown in the index (all parameters are on family pages).
 EXPONENT_NAMES = {"alpha", "beta", "gamma", "delta", "exponent", "a", "b", "c", "k_exp", "p"}
@@ -44,9 +44,7 @@ def result_dirs(path: str | Path) -> list[Path]:
 def _connect_ro(db: Path) -> sqlite3.Connection:
     # Read-only: the board never creates, migrates or locks a results database for writing (and reads one in a
     # read-only folder).
-    from qsens.store.db import connect_readonly
-
-    return connect_readonly(db)
+    return connect(db, readonly=True)
 
 
 def _table_rows(db: Path, table: str) -> list[dict]:

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from qsens.store.db import StoreError
+    from qsens.store.sqlite import StoreError
 
     prog = f"qsens {args.command}"
     try:

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from qsens.store import ResultStore
-    from qsens.store.db import DB_NAME
+    from qsens.store.sqlite import DB_NAME
     from qsens.store.export import to_csv, to_json
 
     if not (Path(args.results) / DB_NAME).is_file():

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from qsens.families.ladder import train_ladder
+    from qsens.testbed.ladder import train_ladder
 
     try:
         manifest = train_ladder(args.spec, args.out, args.sizes.split(",") if args.sizes else None, device=args.device,

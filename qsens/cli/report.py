@@ -12,7 +12,7 @@ HELP = "print Markdown tables of Δloss vs D/N per family, size and quantizer, w
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True, help="results folder (holds qsens.sqlite)")
     parser.add_argument("--claims", action="store_true",
-                        help="print the findings block the README holds (qsens.claims) instead of the tables")
+                        help="print the findings block the README holds (qsens.analysis.claims) instead of the tables")
     parser.add_argument("--readme", type=Path, default=None,
                         help="with --claims: rewrite the block between the claims markers of this README")
     parser.add_argument("--eval", default="heldout-novels", help="with --claims: the eval the findings are about")
@@ -33,15 +33,15 @@ def _fit_section(results: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from qsens.report import effect_markdown
+    from qsens.analysis.effect import effect_markdown
     from qsens.store import ResultStore
-    from qsens.store.db import DB_NAME
+    from qsens.store.sqlite import DB_NAME
 
     if not (Path(args.results) / DB_NAME).is_file():
         print(f"qsens report: no {DB_NAME} in {args.results}", file=sys.stderr)
         return 2
     if args.claims:
-        from qsens.claims import claims_markdown, replace_block
+        from qsens.analysis.claims import claims_markdown, replace_block
 
         block = claims_markdown(args.results, args.eval)
         if args.readme is None:

@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qsens.runner import Cell, identity_row, plan_cells
+from qsens.runner.plan import Cell, identity_row, plan_cells
 from qsens.store import ResultStore
 from qsens.suites.load import Suite
 

@@ -8,7 +8,8 @@ from tqdm.auto import tqdm
 
 from qsens.families.loading import resolve_device
 from qsens.provenance import provenance
-from qsens.runner import Cell, run_checkpoint
+from qsens.runner.plan import Cell
+from qsens.runner.worker import run_checkpoint
 from qsens.suites.load import Suite
 
 

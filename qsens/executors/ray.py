@@ -17,7 +17,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from qsens.runner import Cell, identity_row
+from qsens.runner.plan import Cell, identity_row
 from qsens.suites.load import Suite
 
 _POLL_SECONDS = 0.2
@@ -58,7 +58,7 @@ def _run_group(suite: Suite, cells: list[Cell], inbox, threads: int) -> int:
 
     from qsens.families.loading import resolve_device
     from qsens.provenance import provenance
-    from qsens.runner import run_checkpoint
+    from qsens.runner.worker import run_checkpoint
 
     torch.set_num_threads(max(1, threads))  # the task's CPU share, not the whole node
     device = resolve_device(suite.spec.device)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qsens.suites.load import Checkpoint
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
+from qsens.families.checkpoint import Checkpoint
 
 def pretrained_kwargs(ckpt: Checkpoint) -> dict:
     """Arguments shared by model and tokenizer loads: which files, and whether remote code may run.
@@ -34,16 +31,13 @@ def load_tokenizer(ckpt: Checkpoint):
     return AutoTokenizer.from_pretrained(ckpt.location, **pretrained_kwargs(ckpt))
 
 
-def load_model(ckpt: Checkpoint, device: torch.device, **extra) -> torch.nn.Module:
-    """The model in eval mode on `device`; `extra` goes to from_pretrained (e.g. quantization_config)."""
+def load_model(ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
+    """The model in its checkpoint dtype, in eval mode, on `device`."""
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
-    kwargs = {**pretrained_kwargs(ckpt), "dtype": _DTYPES[ckpt.dtype], **extra}
-    model = AutoModelForCausalLM.from_pretrained(ckpt.location, **kwargs)
-    if "quantization_config" not in extra and "device_map" not in extra:
-        model = model.to(device)
-    return model.eval()
+    model = AutoModelForCausalLM.from_pretrained(ckpt.location, **pretrained_kwargs(ckpt), dtype=getattr(torch, ckpt.dtype))
+    return model.to(device).eval()
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -60,11 +60,11 @@ class Manifest(BaseModel):
 
 def read_manifest(path: str | Path, max_bytes: int = 64 << 20) -> Manifest:
     """The manifest, strictly typed (a JSON "4" is not 4; a key given twice is an error). Raises
-    `qsens.suites.document.InputError` when the file is unreadable, too large, not UTF-8 or not JSON, and
+    `qsens.documents.InputError` when the file is unreadable, too large, not UTF-8 or not JSON, and
     pydantic's ValidationError when a field is wrong."""
-    from qsens.suites import document
+    from qsens import documents
 
-    raw = document.read_checked(Path(path), max_bytes=max_bytes, fmt="json")
+    raw = documents.read_checked(Path(path), max_bytes=max_bytes, fmt="json")
     return Manifest.model_validate_json(json.dumps(raw), strict=True)
 
 

@@ -5,10 +5,10 @@
     groups.py    which cells are fitted together (fit groups, bits axes); exclusion by evidence
     diagnostics.py  does the law fit: residual SD, curvature in D, local exponents, LOO error; the verdict
     pipeline.py  every law on every group, D* per (N, bits), paired schedule comparison
-    store.py     the `fits` table beside the cells
     report.py    the text summary `qsens fit` prints
 
-`predict(fit_row, n, d, bits)` evaluates a stored fit for the board: (mean, low, high) arrays.
+`predict(fit_row, n, d, bits)` evaluates a stored fit for the board: (mean, low, high) arrays. The fits are stored
+by qsens.store.fits; this package computes and never touches a database.
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ class Law:
     pooled_bits: bool  # fitted jointly across bit widths
     linear: bool
     formula: str
+    exponents: tuple[str, ...] = ()  # the reported parameters a reader compares across fits (report, board)
 
     def log_predict(self, theta: np.ndarray, x: Points) -> np.ndarray:
         """log of the law at the points: shape (m,) for theta of shape (len(params),)."""
@@ -97,11 +98,13 @@ class Law:
         return v
 
 
-OUYANG = Law("ouyang", ("log_k", "alpha", "beta"), "delta", False, True, "k·D^β / N^α")
-UNIFIED = Law("unified", ("log_k", "alpha", "beta", "gamma"), "delta", True, True, "k·D^β / (N^α·P^γ)")
+OUYANG = Law("ouyang", ("log_k", "alpha", "beta"), "delta", False, True, "k·D^β / N^α", ("alpha", "beta"))
+UNIFIED = Law("unified", ("log_k", "alpha", "beta", "gamma"), "delta", True, True, "k·D^β / (N^α·P^γ)",
+              ("alpha", "beta", "gamma"))
 KUMAR = Law("kumar", ("log_C_T", "gamma_D", "gamma_N", "inv_gamma_post"), "delta", True, True,
-            "C_T·D^γ_D / N^γ_N · exp(−P/γ_post)")
-CHINCHILLA = Law("chinchilla", ("log_E", "log_A", "a", "log_B", "b"), "fp", False, False, "E + A/N^a + B/D^b")
+            "C_T·D^γ_D / N^γ_N · exp(−P/γ_post)", ("gamma_N", "gamma_D", "gamma_post"))
+CHINCHILLA = Law("chinchilla", ("log_E", "log_A", "a", "log_B", "b"), "fp", False, False, "E + A/N^a + B/D^b",
+                 ("a", "b", "E"))
 LAWS = {law.name: law for law in (OUYANG, UNIFIED, KUMAR, CHINCHILLA)}
 DELTA_LAWS = (OUYANG, UNIFIED, KUMAR)
 

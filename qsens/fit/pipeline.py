@@ -1,7 +1,7 @@
 """Fit every law to every group of cells, predict D* per (N, bits), and compare schedules.
 
 `fit_cells(cells, metric)` returns one record per (law, group): the row stored in the `fits` table (see
-`qsens.fit.store`), with status "ok" or "insufficient" (and a message saying what is missing). An ok record
+`qsens.store.fits`), with status "ok" or "insufficient" (and a message saying what is missing). An ok record
 carries its diagnostics and verdict (`qsens.fit.diagnostics`): "fits", "does not fit" or "degenerate".
 Degradation laws are fitted on both bits axes (nominal and effective bits per weight, see groups.py).
 """

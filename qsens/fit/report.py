@@ -6,9 +6,7 @@ from __future__ import annotations
 import math
 
 from qsens.fit.groups import _BITS_TOKEN as _BITS
-
-EXPONENTS = {"ouyang": ("alpha", "beta"), "unified": ("alpha", "beta", "gamma"),
-             "kumar": ("gamma_N", "gamma_D", "gamma_post"), "chinchilla": ("a", "b", "E")}
+from qsens.fit.laws import LAWS
 
 
 def _num(x, digits: int = 3) -> str:
@@ -59,7 +57,7 @@ def fits_table(records: list[dict]) -> str:
     curvature p-value, RMS log LOO error at the largest D, points used (-excluded)."""
     rows = []
     for r in records:
-        names = EXPONENTS.get(r["law"], ())
+        names = LAWS[r["law"]].exponents if r["law"] in LAWS else ()
         bits = "all" if r.get("bits") is None else str(r["bits"])
         bits = f"{bits} {axis_label(r)}".strip()
         if r["status"] != "ok":

@@ -6,7 +6,7 @@ import gzip
 import re
 from pathlib import Path
 
-from qsens.suites.protocol import Protocol
+from qsens.metrics.protocol import Protocol
 
 _ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
 

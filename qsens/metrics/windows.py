@@ -1,4 +1,4 @@
-"""Tokenize eval text and cut it into scoring windows, as the protocol (`qsens.suites.protocol`) says."""
+"""Tokenize eval text and cut it into scoring windows, as the protocol (`qsens.metrics.protocol`) says."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from qsens.metrics.text import documents_for
-from qsens.suites.protocol import Protocol
+from qsens.metrics.protocol import Protocol
 
 
 @dataclass(frozen=True)

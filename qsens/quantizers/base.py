@@ -43,15 +43,13 @@ class QuantContext:
     """What a method may use to produce a quantized model. It must not modify `fp_model`.
 
     fp_model: the full-precision model, already on `device`, in eval mode.
-    reload: loads a fresh copy of the checkpoint; kwargs go to `from_pretrained` (e.g. quantization_config),
-        for methods that quantize while loading (bitsandbytes) or need their own copy.
+    checkpoint_dir: the checkpoint's local folder (methods that load their own copy, GPTQ), None for a hub one.
     calibration: returns `n` token-id sequences of `length` tokens drawn from the family's training text,
         seeded; an int64 tensor of shape [n, length]. None when the suite declares no calibration text.
     """
 
     fp_model: torch.nn.Module
     tokenizer: Any
-    reload: Callable[..., torch.nn.Module]
     device: torch.device
     seed: int
     calibration: Callable[[int, int], torch.Tensor] | None = None

@@ -23,7 +23,6 @@ from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
 from qsens.quantizers.layers import peak_memory_bytes, working_copy
 
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class Settings(QuantSettings):
@@ -73,7 +72,7 @@ def to_linear4bit(linear: torch.nn.Linear, settings: Settings, device: torch.dev
     import bitsandbytes as bnb
 
     new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                            compute_dtype=_DTYPES[settings.compute_dtype], compress_statistics=settings.double_quant,
+                            compute_dtype=getattr(torch, settings.compute_dtype), compress_statistics=settings.double_quant,
                             quant_type=settings.quant_type, quant_storage=torch.uint8, device="meta")
     new.weight = bnb.nn.Params4bit(linear.weight.data.detach().clone(), requires_grad=False,
                                    blocksize=settings.blocksize, compress_statistics=settings.double_quant,

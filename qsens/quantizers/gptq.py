@@ -129,14 +129,14 @@ def gptqmodel_environment() -> Iterator[Path]:
     """Where gptqmodel is imported and run: its environment variables set only inside, C++ helpers compiled
     into qsens' cache, `./logs` written into a scratch cwd, console output captured, RNG and environment restored.
     Yields the scratch folder (deleted afterwards)."""
-    from qsens.quantizers.isolation import captured_output, contained, qsens_cache_dir
+    from qsens.quantizers.isolation import captured_output, contained, qsens_cache_dir, user_cache_root
 
     env = {"GPTQMODEL_CPU_WORKERS": str(min(2, os.cpu_count() or 1)),
            "GPTQMODEL_TORCH_EXTENSIONS_DIR": str(qsens_cache_dir("gptqmodel", "torch_extensions")),
            "LOGBAR_ANIMATION": "0",
            # gptqmodel's tokenizer helper (tokenicer) points an unset HF_HOME at /tmp/tokenicer_hf_home; give it
            # the location Hugging Face uses when HF_HOME is unset, so nothing moves (restored afterwards).
-           "HF_HOME": str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")}
+           "HF_HOME": str(user_cache_root() / "huggingface")}
     with contained(env) as scratch, captured_output(scratch / "gptqmodel.log"), _quiet_gptqmodel():
         yield scratch
 

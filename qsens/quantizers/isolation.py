@@ -23,10 +23,14 @@ import numpy as np
 import torch
 
 
+def user_cache_root() -> Path:
+    """`$XDG_CACHE_HOME`, default `~/.cache` (where qsens and Hugging Face keep their caches)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
 def qsens_cache_dir(*parts: str) -> Path:
     """`$XDG_CACHE_HOME/qsens/...` (default `~/.cache/qsens/...`), created on demand."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qsens"
-    path = root.joinpath(*parts)
+    path = user_cache_root().joinpath("qsens", *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -13,7 +13,7 @@ import io
 import json
 
 from qsens.metrics.paired import CI_METRICS
-from qsens.store.db import COLUMN_NAMES
+from qsens.store.cells import COLUMN_NAMES
 
 # The export contract comes first, in this order; every other column follows.
 CONTRACT = (

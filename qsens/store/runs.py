@@ -8,10 +8,9 @@ added later is never lost by an older reader.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
-from qsens.store.db import DB_NAME
+from qsens.store.sqlite import connect, database, migrate, read_rows
 
 RUN_COLUMNS = [
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"), ("kind", "TEXT NOT NULL"), ("suite", "TEXT"),
@@ -24,25 +23,16 @@ RUN_COLUMNS = [
 _NAMES = [n for n, _ in RUN_COLUMNS if n != "id"]
 
 
-def _connect(results_dir: str | Path) -> sqlite3.Connection:
-    path = Path(results_dir) / DB_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, timeout=60)
-    con.row_factory = sqlite3.Row
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=FULL")
-    con.execute(f"CREATE TABLE IF NOT EXISTS runs ({', '.join(f'{n} {t}' for n, t in RUN_COLUMNS)})")
-    return con
-
-
 def append_run(results_dir: str | Path, record: dict) -> int:
     """Store `record` (its top-level keys that are run columns, plus the whole of it as JSON); returns its id."""
     row = {n: record.get(n) for n in _NAMES if n != "record_json"}
     row["ok"] = int(bool(record.get("ok")))
     row["record_json"] = json.dumps(record, sort_keys=True, default=str)
-    con = _connect(results_dir)
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    con = connect(database(results_dir))
     try:
         with con:
+            migrate(con, "runs", RUN_COLUMNS)
             cur = con.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                               list(row.values()))
         return int(cur.lastrowid)
@@ -51,11 +41,12 @@ def append_run(results_dir: str | Path, record: dict) -> int:
 
 
 def read_runs(results_dir: str | Path) -> list[dict]:
-    """Every run record of a results folder, oldest first ([] when none was stored)."""
-    if not (Path(results_dir) / DB_NAME).is_file():
+    """Every run record of a results folder, oldest first ([] when none was stored); read-only."""
+    path = database(results_dir)
+    if not path.is_file():
         return []
-    con = _connect(results_dir)
+    con = connect(path, readonly=True)
     try:
-        return [dict(r) for r in con.execute("SELECT * FROM runs ORDER BY id")]
+        return read_rows(con, "runs", [n for n, _ in RUN_COLUMNS], order=["id"])
     finally:
         con.close()

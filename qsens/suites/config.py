@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from qsens.suites.protocol import PRESETS, Protocol
+from qsens.metrics.protocol import PRESETS, Protocol
 
 METRIC_NAMES = ("delta_loss", "ppl_ratio", "kl", "top1_agree", "bits_per_byte")
 INT64_MAX = 2**63 - 1  # what SQLite's INTEGER holds
@@ -137,7 +137,7 @@ class EvalSpec(_Strict):
     protocol: dict = Field(default_factory=dict, description="Protocol fields overriding the preset")
 
     def resolved_protocol(self) -> Protocol:
-        from qsens.suites.protocol import resolve_protocol
+        from qsens.metrics.protocol import resolve_protocol
 
         return resolve_protocol(self.preset, self.protocol)
 

@@ -2,7 +2,7 @@
 
 Nothing runs on an invalid suite: all problems are collected into one `SuiteError` that names the file, the
 key path (`quantizers[2].bits`) and what is allowed. Types are strict (a YAML `"4"` is not 4, `"yes"` is not a
-boolean); the file itself is read defensively (`qsens.suites.document`); files the suite names are checked up
+boolean); the file itself is read defensively (`qsens.documents`); files the suite names are checked up
 front (`qsens.suites.files`); quantizer sweeps are counted before they are expanded, and bounded.
 """
 
@@ -17,13 +17,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from qsens.families.checkpoint import Checkpoint
 from qsens.families.manifest import read_manifest
 from qsens.quantizers import REGISTRY, method_module
 from qsens.quantizers.base import QuantSettings
-from qsens.suites import document, files
+from qsens import documents
+from qsens.suites import files
 from qsens.suites.config import EvalSpec, FamilySpec, SuiteSpec, step_of
-from qsens.suites.document import INT64_MAX, InputError, short
-from qsens.suites.protocol import Protocol
+from qsens.documents import INT64_MAX, InputError, short
+from qsens.metrics.protocol import Protocol
 
 # Quantizer keys whose YAML value is a list by nature; a list anywhere else is a sweep.
 _LIST_VALUED = {"skip"}
@@ -41,27 +43,6 @@ class SuiteError(ValueError):
         self.problems = list(dict.fromkeys(problems))  # a swept entry reports its problem once
         lines = [f"{self.file}: {where or '<top>'}: {what}" for where, what in self.problems]
         super().__init__("invalid suite\n  " + "\n  ".join(lines))
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    family: str
-    name: str
-    location: str  # absolute local folder, or hub repo id
-    revision: str | None  # None for local folders
-    n_params: int
-    tokens: int
-    schedule: str | None = None
-    size: str | None = None
-    dtype: str = "float32"
-    trust_remote_code: bool = False
-    stage: str | None = None  # training stage (e.g. OLMo-2 'stage1' stable vs 'stage2' anneal), a covariate
-    train_seed: int | None = None  # the manifest's training seed (init and data order); None for hub checkpoints
-    fit_group: str | None = None  # the family's fit group (FamilySpec.fit_group; None: the family itself)
-
-    @property
-    def is_local(self) -> bool:
-        return self.revision is None
 
 
 @dataclass(frozen=True)
@@ -264,12 +245,12 @@ def _context_problems(checkpoints: list[Checkpoint], evals: list[EvalText], spec
 def _read_suite(path: Path) -> dict:
     """The suite file as plain, checked data (raises SuiteError)."""
     try:
-        raw = document.parse_yaml(document.read_text(path))
+        raw = documents.parse_yaml(documents.read_text(path))
     except InputError as exc:
         raise SuiteError(path, exc.problems) from None
     if not isinstance(raw, dict):
         raise SuiteError(path, [("", f"must be a mapping of keys, got {type(raw).__name__}")])
-    problems = document.check_tree(raw)
+    problems = documents.check_tree(raw)
     if problems:
         raise SuiteError(path, problems)
     return raw

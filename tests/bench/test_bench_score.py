@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from qsens.bench import score
-from qsens.families.standins import REPO, build_standin
+from qsens.testbed.standins import REPO, build_standin
 from qsens.metrics.scoring import score_together
 from qsens.metrics.windows import build_eval_tokens
-from qsens.suites.protocol import Protocol
+from qsens.metrics.protocol import Protocol
 
 FULL = os.environ.get("QSENS_HEAVY") == "full"
 MICRO = REPO / "checkpoints/micro/s64/cosine/s64-cosine-d008.000M"

@@ -13,7 +13,7 @@ import torch
 
 from qsens.bench import suite as bench_suite
 from qsens.cli import main as cli_main
-from qsens.families.standins import REPO
+from qsens.testbed.standins import REPO
 
 
 @pytest.fixture

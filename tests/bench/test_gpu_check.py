@@ -1,7 +1,7 @@
 """scripts/gpu-check on a CPU machine: CUDA steps skipped cleanly, the report written, the exit status honest.
 
 Reduced (CI): the env step and the skipped CUDA steps (what the other steps run is covered by
-tests/families/test_standins.py, tests/bench/test_bench_score.py, tests/executors and the quantizer tests).
+tests/testbed/test_standins.py, tests/bench/test_bench_score.py, tests/executors and the quantizer tests).
 QSENS_HEAVY=full: every step, in its CPU form.
 """
 

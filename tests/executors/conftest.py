@@ -25,7 +25,7 @@ def make_text(n_words: int, seed: int) -> str:
 def make_checkpoint(folder: Path, seed: int, text: str) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from qsens.families.ladder import byte_level_bpe
+    from qsens.testbed.ladder import byte_level_bpe
 
     byte_level_bpe([text], 320).save_pretrained(folder)
     torch.manual_seed(seed)

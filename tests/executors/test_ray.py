@@ -12,7 +12,7 @@ import torch
 
 from qsens.executors import run_suite
 from qsens.store import ResultStore
-from qsens.store.db import METRIC_COLUMNS
+from qsens.store.cells import METRIC_COLUMNS
 from qsens.suites.load import load_suite
 
 pytest.importorskip("ray")

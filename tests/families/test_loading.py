@@ -19,7 +19,7 @@ def tiny_checkpoint(tmp_path_factory):
     """An untrained 1-layer Llama with a byte-level tokenizer, saved as an HF folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from qsens.families.ladder import byte_level_bpe
+    from qsens.testbed.ladder import byte_level_bpe
 
     folder = tmp_path_factory.mktemp("tiny")
     byte_level_bpe(["hello world " * 50], 300).save_pretrained(folder)

@@ -10,7 +10,8 @@ import pytest
 
 import fit_synthetic as S
 from qsens.cli import main as qsens_main
-from qsens.fit import predict, store
+from qsens.fit import predict
+from qsens.store import fits as store
 from qsens.fit.pipeline import compare_schedules, fit_cells
 
 

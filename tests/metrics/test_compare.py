@@ -11,7 +11,7 @@ from qsens.metrics.compare import decode_window_sums, encode_window_sums, paired
 from qsens.metrics.paired import window_sums
 from qsens.metrics.scoring import QuantizedScores, ReferenceScores
 from qsens.metrics.windows import EvalTokens
-from qsens.report import effect_markdown
+from qsens.analysis.effect import effect_markdown
 
 W, PER = 400, 16
 

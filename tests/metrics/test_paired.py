@@ -11,7 +11,7 @@ from scipy.special import log_softmax
 from qsens.metrics.paired import sensitivity_metrics
 from qsens.metrics.scoring import QuantizedScores, ReferenceScores, score_quantized, score_reference
 from qsens.metrics.windows import EvalTokens, build_eval_tokens
-from qsens.suites.protocol import Protocol
+from qsens.metrics.protocol import Protocol
 
 from tests.metrics.test_windows import CharTokenizer
 

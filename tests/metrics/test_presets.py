@@ -20,7 +20,7 @@ import torch
 from qsens.metrics.scoring import score_reference
 from qsens.metrics.text import documents_for, read_text
 from qsens.metrics.windows import build_eval_tokens, model_max_length
-from qsens.suites.protocol import resolve_protocol
+from qsens.metrics.protocol import resolve_protocol
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO / "checkpoints/micro/s64/cosine/s64-cosine-d008.000M"

@@ -4,7 +4,7 @@ import pytest
 
 from qsens.metrics.text import split_documents, wikitext_detokenize
 from qsens.metrics.windows import build_eval_tokens, plan_windows
-from qsens.suites.protocol import Protocol, resolve_protocol
+from qsens.metrics.protocol import Protocol, resolve_protocol
 
 
 def lm_eval_rolling_windows(token_list, prefix_token, max_seq_len, context_len=1):

@@ -127,7 +127,7 @@ class Trained:
         from transformers import AutoTokenizer
 
         return QuantContext(fp_model=fp_model, tokenizer=AutoTokenizer.from_pretrained(self.dir),
-                            reload=lambda **kw: self.load(**kw), device=torch.device("cpu"), seed=seed,
+                            device=torch.device("cpu"), seed=seed,
                             calibration=self.calibration(seed), checkpoint_dir=str(self.dir))
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from qsens.store import ResultStore
-from qsens.store.db import _start_time, owner_alive
+from qsens.store.cells import _start_time, owner_alive
 
 
 def row(key, **kw):

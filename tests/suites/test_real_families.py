@@ -149,7 +149,7 @@ def test_revision_tokens_and_stage_fill_the_checkpoint_unless_given():
 def _tiny_repo_files(folder: Path, kind: str) -> Path:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Olmo2Config, Olmo2ForCausalLM
 
-    from qsens.families.ladder import byte_level_bpe
+    from qsens.testbed.ladder import byte_level_bpe
 
     byte_level_bpe(["a few words of stand-in text " * 40], 300).save_pretrained(folder)
     torch.manual_seed(0)
@@ -218,7 +218,7 @@ def test_real_families_run_from_a_mocked_hub(tmp_path):
 
 
 def test_stage_reaches_the_cells(tmp_path):
-    from qsens.runner import identity_row, plan_cells
+    from qsens.runner.plan import identity_row, plan_cells
 
     suite = load_shipped("olmo", tmp_path)
     stages = {c.checkpoint.revision: identity_row(c, suite.name)["stage"] for c in plan_cells(suite)}

@@ -1,13 +1,36 @@
-"""Cell keys: a hash of everything that determines a cell's numbers."""
+"""A checkpoint to measure: where it lives, its N and D, how it was trained; and its fingerprint.
+
+A suite resolves to `Checkpoint`s (qsens.suites.load); the runner loads them (qsens.families.loading) and keys
+cells by `checkpoint_fingerprint`, so a changed weight file is a new cell, never a reused number.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from qsens.quantizers.base import QuantSettings
-from qsens.suites.load import Checkpoint, EvalText
+
+@dataclass(frozen=True)
+class Checkpoint:
+    family: str
+    name: str
+    location: str  # absolute local folder, or hub repo id
+    revision: str | None  # None for local folders
+    n_params: int
+    tokens: int
+    schedule: str | None = None
+    size: str | None = None
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    stage: str | None = None  # training stage (e.g. OLMo-2 'stage1' stable vs 'stage2' anneal), a covariate
+    train_seed: int | None = None  # the manifest's training seed (init and data order); None for hub checkpoints
+    fit_group: str | None = None  # the family's fit group (FamilySpec.fit_group; None: the family itself)
+
+    @property
+    def is_local(self) -> bool:
+        return self.revision is None
+
 
 # Files larger than this are fingerprinted by size plus their first and last MiB instead of read whole.
 _FULL_HASH_LIMIT = 64 * 1024**2
@@ -35,22 +58,3 @@ def checkpoint_fingerprint(ckpt: Checkpoint) -> str:
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         h.update(str(path.relative_to(folder)).encode() + b"=" + _file_digest(path).encode())
     return "local:" + h.hexdigest()[:16]
-
-
-def cell_key(fingerprint: str, ckpt: Checkpoint, settings: QuantSettings, ev: EvalText, *,
-             seed: int, bootstrap: dict, metrics: list[str]) -> str:
-    material = {
-        "checkpoint": fingerprint,
-        "family": ckpt.family,
-        "name": ckpt.name,
-        "dtype": ckpt.dtype,
-        "n_params": ckpt.n_params,
-        "tokens": ckpt.tokens,
-        "quantizer": settings.model_dump(mode="json"),
-        "eval_hash": ev.text_hash,
-        "protocol_hash": ev.protocol.hash(),
-        "seed": seed,
-        "bootstrap": bootstrap,
-        "metrics": sorted(metrics),
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-import qsens.families.ladder as ladder_module
-from qsens.families.ladder import Ladder, train_ladder
+import qsens.testbed.ladder as ladder_module
+from qsens.testbed.ladder import Ladder, train_ladder
 from qsens.families.manifest import read_manifest
-from qsens.families.spec import load_ladder_spec
-from qsens.families.trainer import DataOrder, build_model, lr_at, make_optimizer, save_state, train_steps
+from qsens.testbed.spec import load_ladder_spec
+from qsens.testbed.trainer import DataOrder, build_model, lr_at, make_optimizer, save_state, train_steps
 
 from tests.conftest import write_tiny_spec
 
@@ -142,8 +142,8 @@ def test_a_budget_missing_from_budgets_is_an_error_naming_the_key(tmp_path):
 
 
 def test_the_gutenberg_suite_validates_on_a_factorial_manifest_and_cells_carry_the_training_seed(factorial, tmp_path):
-    from qsens.runner import identity_row, plan_cells
-    from qsens.store.db import COLUMN_NAMES
+    from qsens.runner.plan import identity_row, plan_cells
+    from qsens.store.cells import COLUMN_NAMES
     from qsens.suites.load import load_suite
 
     repo = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from qsens.families.ladder import train_ladder
+from qsens.testbed.ladder import train_ladder
 from qsens.families.manifest import read_manifest
-from qsens.families.spec import load_ladder_spec
-from qsens.families.trainer import DataOrder, build_model, load_state, lr_at, make_optimizer, save_state, train_steps
+from qsens.testbed.spec import load_ladder_spec
+from qsens.testbed.trainer import DataOrder, build_model, load_state, lr_at, make_optimizer, save_state, train_steps
 
 from tests.conftest import write_tiny_spec
 

@@ -118,12 +118,12 @@ class LadderSpec(_Strict):
 
 
 def load_ladder_spec(path: str | Path) -> LadderSpec:
-    from qsens.suites import document
+    from qsens import documents
 
     path = Path(path)
     try:  # read like a suite: size cap, UTF-8, duplicate keys and 64-bit integers are errors
-        return LadderSpec.model_validate(document.read_checked(path))
-    except document.InputError as exc:
+        return LadderSpec.model_validate(documents.read_checked(path))
+    except documents.InputError as exc:
         raise ValueError("invalid family spec\n  " + "\n  ".join(f"{path}: {w or '<top>'}: {m}"
                                                                    for w, m in exc.problems)) from None
     except ValidationError as exc:

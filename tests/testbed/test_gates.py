@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qsens.families.gates import K_GRID, checkpoint_gate, exponent_gates, ngram_baselines
+from qsens.testbed.gates import K_GRID, checkpoint_gate, exponent_gates, ngram_baselines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def test_the_micro_family_fails_the_gates_as_the_issue_measured(tmp_path):
     falls with D. The gates must see both: few checkpoints clear the bigram by 0.3, and the halves disagree."""
     import shutil
 
-    from qsens.families.gates import family_report
+    from qsens.testbed.gates import family_report
 
     shutil.copytree(PUBLISHED, tmp_path / "res")  # the store migrates its columns on open: never the shipped file
     report = family_report(REPO / "checkpoints/micro.yaml", MICRO.parent, tmp_path / "res", REPO / "suites/micro.yaml",
@@ -87,11 +87,11 @@ def test_checkpoint_losses_equal_plain_transformers_losses(tiny_family):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qsens.families.gates import checkpoint_losses
+    from qsens.testbed.gates import checkpoint_losses
     from qsens.families.manifest import read_manifest
     from qsens.metrics.text import read_text
     from qsens.metrics.windows import build_eval_tokens
-    from qsens.suites.protocol import resolve_protocol
+    from qsens.metrics.protocol import resolve_protocol
 
     text = read_text(REPO / "data/novels/Vathek.txt.gz")[:20000]
     protocol = resolve_protocol("qsens", {"context_length": 32, "max_tokens": 1024})

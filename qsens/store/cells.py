@@ -1,6 +1,6 @@
-"""Results store: one SQLite database per results folder, one row per cell, written one cell per transaction.
+"""The `cells` table: one row per cell, written one cell per transaction (qsens.store.sqlite opens the file).
 
-A cell's `key` hashes its full configuration (see `qsens.store.keys`), so a changed protocol, eval text,
+A cell's `key` hashes its full configuration (see `qsens.runner.plan`), so a changed protocol, eval text,
 checkpoint or quantizer setting is a new cell, never a reused number. The database runs in WAL mode with
 synchronous=FULL: a crash (even `kill -9`) loses only work in flight (see `claim`); finished cells are never lost.
 
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Iterator
 
 from qsens.metrics.paired import CI_METRICS
-
-DB_NAME = "qsens.sqlite"
+from qsens.provenance import utc_now
+from qsens.store.sqlite import DB_NAME, StoreError, connect, migrate, read_rows
 
 IDENTITY = [
     ("key", "TEXT PRIMARY KEY"), ("suite", "TEXT"), ("family", "TEXT"), ("checkpoint", "TEXT"), ("schedule", "TEXT"),
@@ -60,28 +60,7 @@ PROVENANCE = [
 COLUMNS = IDENTITY + OUTCOME + [(m, "REAL") for m in METRIC_COLUMNS] + PROVENANCE
 COLUMN_NAMES = [name for name, _ in COLUMNS]
 FOREIGN_CLAIM_HOURS = 24
-
-
-class StoreError(RuntimeError):
-    """The results database cannot be opened or written (read-only folder, a file in the way, disk full...)."""
-
-
-def connect_readonly(path: str | Path) -> sqlite3.Connection:
-    """A connection for reading that also works in a read-only folder. Where the folder is writable it is a plain
-    read-write connection (never creating the file), which removes the WAL's -shm/-wal files when it closes; a
-    `mode=ro` one would leave them behind. Where SQLite cannot even create the -shm file the database is opened as
-    immutable (nobody can write there either). Raises StoreError."""
-    uri = Path(path).resolve().as_uri()
-    for mode in ("mode=rw", "mode=ro", "mode=ro&immutable=1"):
-        try:
-            con = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=60)
-            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.Error as exc:
-            error = exc
-            continue
-        con.row_factory = sqlite3.Row
-        return con
-    raise StoreError(f"cannot read {path}: {error}")
+CELL_ORDER = ["family", "n_params", "tokens", "checkpoint", "eval", "method", "bits", "quantizer"]
 
 
 def _start_time(pid: int) -> str | None:
@@ -144,28 +123,13 @@ class ResultStore:
         except OSError as exc:
             raise StoreError(f"cannot create results folder {self.dir}: {exc.strerror or exc}") from None
         with self.connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            cols = ", ".join(f"{n} {t}" for n, t in COLUMNS)
-            con.execute(f"CREATE TABLE IF NOT EXISTS cells ({cols})")
-            have = {row[1] for row in con.execute("PRAGMA table_info(cells)")}
-            for name, decl in COLUMNS:  # an older database gains newer columns
-                if name not in have:
-                    con.execute(f"ALTER TABLE cells ADD COLUMN {name} {decl.replace('PRIMARY KEY', '')}")
+            migrate(con, "cells", COLUMNS)  # an older database gains newer columns
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection in one transaction: committed on success, rolled back on error, always closed."""
-        if self.readonly:
-            con = connect_readonly(self.path)
-        else:
-            try:
-                con = sqlite3.connect(self.path, timeout=60)
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot open {self.path}: {exc}") from None
+        con = connect(self.path, readonly=self.readonly)
         try:
-            con.row_factory = sqlite3.Row
-            if not self.readonly:
-                con.execute("PRAGMA synchronous=FULL")
             with con:
                 yield con
         except sqlite3.Error as exc:  # read-only folder, disk full, not a database: the transaction rolled back
@@ -192,7 +156,7 @@ class ResultStore:
         Returns (keys claimed, {key: owner} of the cells a live process holds). Cells already 'ok' are neither.
         Each claimed cell becomes 'running' with no started_at, keeping nothing of an earlier attempt's metrics.
         """
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = utc_now()
         claimed, elsewhere = [], {}
         with self.connect() as con:
             con.execute("BEGIN IMMEDIATE")  # the write lock before reading: no other claim interleaves
@@ -245,12 +209,17 @@ class ResultStore:
         )
 
     def cells(self, status: str | None = None) -> list[dict]:
-        """Every cell as a dict of all columns, in a stable order."""
-        query = "SELECT * FROM cells" + (" WHERE status = ?" if status else "")
-        order = " ORDER BY family, n_params, tokens, checkpoint, eval, method, bits, quantizer"
+        """Every cell (or those with `status`) as a dict of every column, in a stable order; a column an older
+        database lacks reads as None."""
         with self.connect() as con:
-            return [dict(r) for r in con.execute(query + order, (status,) if status else ())]
+            return read_rows(con, "cells", COLUMN_NAMES, "status = ?" if status else "", (status,) if status else (),
+                             CELL_ORDER)
 
     def integrity_ok(self) -> bool:
         with self.connect() as con:
             return con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def read_cells(results_dir: str | Path, status: str | None = None) -> list[dict]:
+    """The cells of a results folder, read-only (works in a read-only folder; never creates or migrates)."""
+    return ResultStore(results_dir, readonly=True).cells(status)

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from qsens.families.manifest import Manifest, ManifestCheckpoint, read_manifest, write_manifest
-from qsens.families.spec import LadderSpec, SizeSpec
-from qsens.families.trainer import (DataOrder, build_model, load_state, lr_at, make_optimizer, non_embedding_params,
+from qsens.testbed.spec import LadderSpec, SizeSpec
+from qsens.testbed.trainer import (DataOrder, build_model, load_state, lr_at, make_optimizer, non_embedding_params,
                                     save_state, train_steps, wsd_branch_step)
 from qsens.metrics.text import read_text
 
@@ -282,7 +282,7 @@ class Ladder:
 def train_ladder(spec_path: str | Path, out: str | Path, sizes: list[str] | None = None, log=None,
                  device: str | None = None, seeds: list[int] | None = None, prepare_only: bool = False) -> Path:
     """Train (or finish training) every checkpoint of the spec; returns the manifest path."""
-    from qsens.families.spec import load_ladder_spec
+    from qsens.testbed.spec import load_ladder_spec
 
     spec = load_ladder_spec(spec_path)
     unknown = sorted(set(sizes or ()) - {s.name for s in spec.sizes})

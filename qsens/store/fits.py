@@ -1,4 +1,4 @@
-"""The `fits` table, beside the cells in `<results>/qsens.sqlite`: one row per (law, group, metric).
+"""The `fits` and `fit_comparisons` tables, beside the cells: one row per (law, group, metric) of qsens.fit.
 
 Each row's `key` hashes the fit's inputs (law, grouping, metric, sorted cell keys and their values), so
 re-running `qsens fit` on the same cells replaces the row. A fit whose inputs changed (new or re-measured cells)
@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from datetime import datetime, timezone
 from pathlib import Path
 
 from qsens.fit.groups import GROUP_FIELDS
+from qsens.provenance import utc_now
+from qsens.store.sqlite import StoreError, connect, database, migrate, read_rows
 
-DB_NAME = "qsens.sqlite"
 FIT_COLUMNS = [
     ("key", "TEXT PRIMARY KEY"), ("law", "TEXT NOT NULL"), ("formula", "TEXT"), ("metric", "TEXT NOT NULL"),
     ("family", "TEXT"), ("schedule", "TEXT"), ("eval", "TEXT"), ("method", "TEXT"), ("group_size", "INTEGER"),
@@ -41,32 +41,14 @@ JSON_COLUMNS = {"params", "residuals", "loo", "excluded", "d_star", "draws", "in
 IDENTITY = ("law", "metric") + GROUP_FIELDS
 
 
-def connect(db_path: str | Path) -> sqlite3.Connection:
-    con = sqlite3.connect(str(db_path), timeout=60)
-    con.row_factory = sqlite3.Row
-    return con
-
-
-def connect_for_reading(db_path: str | Path) -> sqlite3.Connection:
-    """A connection `load_fits`/`load_comparisons` can use in a read-only results folder (never writes)."""
-    from qsens.store.db import connect_readonly
-
-    return connect_readonly(db_path)
-
-
-def _has_table(con: sqlite3.Connection, name: str) -> bool:
-    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+COMPARISON_COLUMNS = [("fit_a", "TEXT"), ("fit_b", "TEXT"), ("exponent", "TEXT"), ("body", "TEXT"),
+                      ("created_at", "TEXT")]
 
 
 def ensure_tables(con: sqlite3.Connection) -> None:
     """Create `fits` and `fit_comparisons` if missing; add columns a newer qsens defines."""
-    con.execute(f"CREATE TABLE IF NOT EXISTS fits ({', '.join(f'{n} {t}' for n, t in FIT_COLUMNS)})")
-    have = {row[1] for row in con.execute("PRAGMA table_info(fits)")}
-    for name, decl in FIT_COLUMNS:
-        if name not in have:
-            con.execute(f"ALTER TABLE fits ADD COLUMN {name} {decl.replace('PRIMARY KEY', '').replace('NOT NULL', '')}")
-    con.execute("CREATE TABLE IF NOT EXISTS fit_comparisons (fit_a TEXT, fit_b TEXT, exponent TEXT, "
-                "body TEXT, created_at TEXT, PRIMARY KEY (fit_a, fit_b, exponent))")
+    migrate(con, "fits", FIT_COLUMNS)
+    migrate(con, "fit_comparisons", COMPARISON_COLUMNS, suffix="PRIMARY KEY (fit_a, fit_b, exponent)")
 
 
 def _row(record: dict, created_at: str) -> dict:
@@ -106,7 +88,7 @@ def _unchanged(con: sqlite3.Connection, table: str, where: dict, row: dict) -> b
 def save_fits(con: sqlite3.Connection, records: list[dict], comparisons: list[dict] = ()) -> int:
     """Insert or replace fits (and drop superseded rows of the same identity), in one transaction; rows equal to
     the stored ones are not rewritten (see the module docstring)."""
-    created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created_at = utc_now()
     with con:
         ensure_tables(con)
         con.execute("DELETE FROM fits WHERE fit_group IS NULL")  # stored by an older qsens: not supersedable
@@ -132,33 +114,35 @@ def save_fits(con: sqlite3.Connection, records: list[dict], comparisons: list[di
 
 def load_fits(con: sqlite3.Connection) -> list[dict]:
     """Every stored fit, JSON columns decoded, ordered by law and group ([] before any fit was stored). Reads
-    only, so it works on a read-only results folder."""
-    if not _has_table(con, "fits"):
-        return []
-    have = {row[1] for row in con.execute("PRAGMA table_info(fits)")}
-    order = [c for c in ("law", "family", "schedule", "eval", "method", "settings", "bits") if c in have]
-    rows = con.execute(f"SELECT * FROM fits ORDER BY {', '.join(order) or 'rowid'}").fetchall()
-    # a table an older qsens wrote lacks newer columns: they read as None, as `ensure_tables` would add them
-    return [{**dict.fromkeys(FIT_COLUMN_NAMES),
-             **{k: (json.loads(r[k]) if k in JSON_COLUMNS and r[k] is not None else r[k]) for k in r.keys()}}
-            for r in rows]
+    only, so it works on a read-only results folder; a column an older qsens did not write reads as None."""
+    rows = read_rows(con, "fits", FIT_COLUMN_NAMES, order=["law", "family", "schedule", "eval", "method", "settings",
+                                                          "bits"])
+    return [{k: (json.loads(v) if k in JSON_COLUMNS and v is not None else v) for k, v in r.items()} for r in rows]
 
 
 def load_comparisons(con: sqlite3.Connection) -> list[dict]:
     """The stored schedule comparisons (pipeline.compare_schedules records), in a stable order; reads only."""
-    if not _has_table(con, "fit_comparisons"):
-        return []
-    rows = con.execute("SELECT body FROM fit_comparisons ORDER BY fit_a, fit_b, exponent").fetchall()
-    return [json.loads(r[0]) for r in rows]
+    return [json.loads(r["body"]) for r in read_rows(con, "fit_comparisons", order=["fit_a", "fit_b", "exponent"])]
 
 
-def load_cells(db_path: str | Path) -> list[dict]:
-    """The ok cells of a results database (what `ResultStore.cells(status='ok')` returns); read-only, so that
-    `qsens fit --no-store` works on a read-only results folder."""
-    from qsens.store.db import connect_readonly
-
-    con = connect_readonly(db_path)
+def read_fits(results_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(fits, schedule comparisons) of a results folder, read-only; ([], []) when it has no database or no fits."""
+    path = database(results_dir)
+    if not path.is_file():
+        return [], []
+    con = connect(path, readonly=True)
     try:
-        return [dict(r) for r in con.execute("SELECT * FROM cells WHERE status = 'ok'")]
+        return load_fits(con), load_comparisons(con)
+    finally:
+        con.close()
+
+
+def write_fits(results_dir: str | Path, records: list[dict], comparisons: list[dict] = ()) -> None:
+    """Store fits in a results folder (see `save_fits`); raises StoreError when it cannot be written."""
+    con = connect(database(results_dir))
+    try:
+        save_fits(con, records, comparisons)
+    except sqlite3.Error as exc:  # disk full, read-only: the transaction rolled back, the old fits are intact
+        raise StoreError(f"cannot store the fits in {database(results_dir)}: {exc}") from None
     finally:
         con.close()

@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from qsens.executors import run_suite
-from qsens.families.standins import REPO, SHAPES, build_standin, non_embedding_params
+from qsens.testbed.standins import REPO, SHAPES, build_standin, non_embedding_params
 from qsens.store import ResultStore
 from qsens.suites.load import load_suite
 

@@ -113,10 +113,10 @@ def build_standin(shape: str, out: str | Path, *, layers: int | None = None, tok
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m qsens.families.standins SHAPE OUT [--layers N] [--tokenizer-vocab N] [--dtype D]`."""
+    """`python -m qsens.testbed.standins SHAPE OUT [--layers N] [--tokenizer-vocab N] [--dtype D]`."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m qsens.families.standins", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m qsens.testbed.standins", description=__doc__.split("\n\n")[0])
     p.add_argument("shape", choices=sorted(SHAPES))
     p.add_argument("out", type=Path)
     p.add_argument("--layers", type=int, help="fewer layers than the real model (widths and vocab stay real)")

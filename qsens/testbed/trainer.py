@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qsens.families.spec import LadderSpec, SizeSpec
+from qsens.testbed.spec import LadderSpec, SizeSpec
 
 
 def lr_at(step: int, total_steps: int, spec: LadderSpec, schedule: str, fraction: float | None = None) -> float:

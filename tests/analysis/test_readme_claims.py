@@ -1,4 +1,4 @@
-"""The README's claims block against the published database: the block is what qsens.claims derives from it, every
+"""The README's claims block against the published database: the block is what qsens.analysis.claims derives from it, every
 claim holds, and the key counts, recomputed here from the raw cells with SQL, are the ones the sentences state."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from qsens.claims import BEGIN, END, claims, claims_markdown, readme_block, replace_block
+from qsens.analysis.claims import BEGIN, END, claims, claims_markdown, readme_block, replace_block
 from qsens.cli import main as qsens_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PUBLISHED = ROOT / "results" / "published" / "micro"
 README = ROOT / "README.md"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from qsens.families.manifest import read_manifest
-from qsens.families.spec import load_ladder_spec
-from qsens.families.trainer import build_model, non_embedding_params
+from qsens.testbed.spec import load_ladder_spec
+from qsens.testbed.trainer import build_model, non_embedding_params
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "checkpoints/gutenberg.yaml"

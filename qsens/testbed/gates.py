@@ -9,9 +9,9 @@
   exponent of the lower half of the D values vs the upper half (|difference| < 0.2), and leave-one-out at the
   largest D (fit without it, predict the mean log Δ over seeds of each size; every |log error| < 0.2).
 
-`python -m qsens.families.gates SPEC FAMILY_DIR RESULTS SUITE [GATE_EVAL [BITS [GROUP]]]` prints the report as JSON
+`python -m qsens.testbed.gates SPEC FAMILY_DIR RESULTS SUITE [GATE_EVAL [BITS [GROUP]]]` prints the report as JSON
 (primary setting: RTN BITS (3) at group GROUP (8); GATE_EVAL defaults to heldout-novels).
-`python -m qsens.families.gates fp SPEC FAMILY_DIR SUITE EVAL` applies the checkpoint gate from the checkpoints
+`python -m qsens.testbed.gates fp SPEC FAMILY_DIR SUITE EVAL` applies the checkpoint gate from the checkpoints
 alone (full-precision losses scored here), before any suite run.
 """
 
@@ -99,8 +99,8 @@ def family_report(spec_path: Path, family_dir: Path, results: Path, suite_path: 
                   gate_eval: str, margin: float = 0.3) -> dict:
     """Baselines per eval, the checkpoint gate on `gate_eval`, and the exponent gates of `primary`'s cells per
     schedule. `primary`: cell fields that pick one quantizer setting, e.g. {"method": "rtn", "bits": 3}."""
-    from qsens.families.ladder import Ladder
-    from qsens.families.spec import load_ladder_spec
+    from qsens.testbed.ladder import Ladder
+    from qsens.testbed.spec import load_ladder_spec
     from qsens.metrics.text import read_text
     from qsens.metrics.windows import build_eval_tokens
     from qsens.store import ResultStore
@@ -158,8 +158,8 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "fp":  # fp SPEC FAMILY_DIR SUITE EVAL: the checkpoint gate from the checkpoints alone
         from transformers import AutoTokenizer
 
-        from qsens.families.ladder import Ladder
-        from qsens.families.spec import load_ladder_spec
+        from qsens.testbed.ladder import Ladder
+        from qsens.testbed.spec import load_ladder_spec
         from qsens.metrics.text import read_text
         from qsens.metrics.windows import build_eval_tokens
         import yaml

@@ -1,0 +1,150 @@
+"""Compute one checkpoint's cells: quantize settings while their models may stay resident, score each resident
+group against one full-precision pass per eval, and hand every row to the caller as it starts and ends.
+
+A failing cell becomes a 'failed' row with its error, and the others go on.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from qsens.errors import error_text
+from qsens.families.checkpoint import Checkpoint
+from qsens.metrics.compare import encode_window_sums
+from qsens.metrics.paired import sensitivity_metrics, window_sums
+from qsens.metrics.resources import measured
+from qsens.metrics.scoring import score_together
+from qsens.provenance import utc_now
+from qsens.quantizers.base import QuantResult, QuantSettings
+from qsens.runner.checkpoint import LoadedCheckpoint
+from qsens.runner.plan import Cell, identity_row
+from qsens.suites.load import EvalText, Suite
+
+
+def _score_group(state: LoadedCheckpoint, group: list["_Quantized"], ev: EvalText) -> tuple[dict, float]:
+    """Score every model of `group` on eval `ev` in one sweep; per settings its metrics row or exception."""
+    tokens = state.eval_tokens(ev)
+    t0 = time.perf_counter()
+    ref, scores = score_together(state.model, {g.settings: g.result.model for g in group}, tokens, state.device,
+                                 ev.protocol.batch_size, kl="kl" in state.suite.spec.metrics)
+    sweep_seconds = time.perf_counter() - t0
+    if not np.isfinite(ref.nll).all():
+        raise FloatingPointError("the full-precision model gives non-finite losses on this eval text")
+    boot, out = state.suite.spec.bootstrap, {}
+    for settings, q in scores.items():
+        if isinstance(q, BaseException):
+            out[settings] = q
+        elif not np.isfinite(q.nll).all():
+            out[settings] = FloatingPointError(f"{(~np.isfinite(q.nll)).sum()} non-finite quantized losses")
+        else:
+            metrics = sensitivity_metrics(tokens, ref, q, bootstrap_samples=boot.samples, confidence=boot.confidence,
+                                          seed=state.suite.spec.seed)
+            out[settings] = {**metrics, "tokens_digest": tokens.digest,
+                             "window_sums": encode_window_sums(window_sums(tokens, ref, q))}
+    ref.close()
+    return out, sweep_seconds
+
+
+@dataclass
+class _Quantized:
+    settings: QuantSettings
+    cells: list[Cell]
+    result: QuantResult
+    started_at: str
+    outcome: dict
+
+
+def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: torch.device,
+                   emit: Callable[[dict], None], provenance: dict) -> None:
+    """Compute `cells` (all of checkpoint `ckpt`); emit a running row as each starts and a final row as each ends.
+
+    Quantized models stay resident while memory allows (`LoadedCheckpoint.room_for_another`); each such group is
+    scored against one full-precision pass per eval (`score_together`), so no fp logits are stored. A group's
+    cells are written when the group is scored, so a crash loses the group in flight (recomputed next run).
+    """
+    base = {**provenance, "seed": suite.spec.seed}
+
+    def finish(cell: Cell, started: float, **fields) -> None:
+        emit({**identity_row(cell, suite.name), **base, **fields, "seconds": time.perf_counter() - started,
+              "finished_at": utc_now()})
+
+    t0 = time.perf_counter()
+    try:
+        state = LoadedCheckpoint(suite, ckpt, device)
+    except Exception as exc:  # noqa: BLE001 - any load failure fails this checkpoint's cells, not the run
+        for cell in cells:
+            finish(cell, t0, status="failed", error=f"loading checkpoint failed: {error_text(exc)}", started_at=utc_now())
+        return
+    pending: dict[QuantSettings, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        pending[cell.settings].append(cell)
+    queue = list(pending.items())
+    try:
+        while queue:
+            with measured(device) as usage:
+                group = _quantize_group(state, queue, finish, emit, suite.name, base)
+                scored = _score_all(state, group, suite)
+            for g in group:
+                for cell in g.cells:
+                    row, seconds = scored[(g.settings, cell.eval.name)]
+                    fields = {**g.outcome, **usage.as_row(), "started_at": g.started_at}
+                    # seconds = its quantization + its share of the group's sweep (the sweeps run after all quantizing)
+                    as_if_started = time.perf_counter() - g.result.seconds - seconds
+                    if isinstance(row, BaseException):
+                        finish(cell, as_if_started, status="failed", error=error_text(row), **fields)
+                    else:
+                        finish(cell, as_if_started, status="ok", error=None, **fields, **row)
+            del group, scored
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    finally:
+        state.close()
+
+
+def _quantize_group(state: LoadedCheckpoint, queue: list, finish, emit, suite_name: str, base: dict) -> list[_Quantized]:
+    """Quantize settings off the front of `queue` while their models may stay resident; failures finish here."""
+    group: list[_Quantized] = []
+    while queue and state.room_for_another(len(group)):
+        settings, cells = queue.pop(0)
+        started_at, t_q = utc_now(), time.perf_counter()
+        for cell in cells:
+            emit({**identity_row(cell, suite_name), **base, "status": "running", "started_at": started_at})
+        try:
+            result = state.quantize(settings)
+        except Exception as exc:  # noqa: BLE001
+            for cell in cells:
+                finish(cell, t_q, status="failed", error=f"quantization failed: {error_text(exc)}",
+                       started_at=started_at)
+            continue
+        outcome = {"quant_seconds": result.seconds, "effective_bits": result.effective_bits,
+                   "layers_quantized": len(result.layers_quantized), "backend": result.backend,
+                   "peak_memory_bytes": result.peak_memory_bytes,
+                   "details_json": {**result.details, "layers": result.layers_quantized, "resident_group": 0}}
+        group.append(_Quantized(settings, cells, result, started_at, outcome))
+    for g in group:
+        g.outcome["details_json"]["resident_group"] = len(group)
+    return group
+
+
+def _score_all(state: LoadedCheckpoint, group: list[_Quantized], suite: Suite) -> dict:
+    """(settings, eval name) -> (metrics row or exception, this cell's share of the sweep seconds)."""
+    out: dict = {}
+    for ev in suite.evals:
+        members = [g for g in group if any(c.eval.name == ev.name for c in g.cells)]
+        if not members:
+            continue
+        try:
+            rows, seconds = _score_group(state, members, ev)
+        except Exception as exc:  # noqa: BLE001 - the fp pass failed: every cell of this eval fails
+            rows, seconds = {g.settings: exc for g in members}, 0.0
+        for settings, row in rows.items():
+            out[(settings, ev.name)] = (row, seconds / len(members))
+    return out
