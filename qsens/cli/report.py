@@ -19,13 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fit_section(results: str) -> str:
-    from qsens.fit import report, store
+    from qsens.fit import report
+    from qsens.store.fits import read_fits
 
-    con = store.connect_for_reading(Path(results) / store.DB_NAME)
-    try:
-        fits = store.load_fits(con)
-    finally:
-        con.close()
+    fits, _ = read_fits(results)
     if not fits:
         return "No fits stored (run `qsens fit`)."
     return "#### Fits (verdict and diagnostics; `qsens fit` for D* and schedules)\n\n```\n" + \
@@ -34,7 +31,7 @@ def _fit_section(results: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from qsens.analysis.effect import effect_markdown
-    from qsens.store import ResultStore
+    from qsens.store.cells import read_cells
     from qsens.store.sqlite import DB_NAME
 
     if not (Path(args.results) / DB_NAME).is_file():
@@ -57,6 +54,6 @@ def main(args: argparse.Namespace) -> int:
     if args.readme is not None:
         print("qsens report: --readme needs --claims", file=sys.stderr)
         return 2
-    print(effect_markdown(ResultStore(args.results, readonly=True).cells()))
+    print(effect_markdown(read_cells(args.results)))
     print(_fit_section(args.results))
     return 0

@@ -116,14 +116,27 @@ def source_counts(page: str) -> tuple[int, int]:
 TOKENIZER_UNSET_LENGTH = int(1e30)  # transformers' VERY_LARGE_INTEGER: model_max_length not configured
 
 
+POSITION_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx")  # lm-eval's order
+
+
+def position_limit(config) -> tuple[str, int] | None:
+    """(field, value) of the positions a model config states (a transformers config or config.json as a dict; the
+    text config of a multimodal one), in lm-eval 0.4.13's order; None when it states none."""
+    get = (lambda c, k: c.get(k)) if isinstance(config, dict) else (lambda c, k: getattr(c, k, None))
+    cfg = get(config, "text_config") or config
+    for attr in POSITION_FIELDS:
+        value = get(cfg, attr)
+        if value is not None:
+            return attr, int(value)
+    return None
+
+
 def model_max_length(config, tokenizer, default: int = 2048) -> int:
     """The model's maximum context, as lm-eval 0.4.13 `resolve_max_length` finds it: the (text) config's
-    n_positions, max_position_embeddings or n_ctx, else the tokenizer's model_max_length when set, else 2048."""
-    cfg = getattr(config, "text_config", None) or config
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(cfg, attr, None)
-        if value is not None:
-            return int(value)
+    positions (`position_limit`), else the tokenizer's model_max_length when set, else 2048."""
+    stated = position_limit(config)
+    if stated is not None:
+        return stated[1]
     value = getattr(tokenizer, "model_max_length", None)
     return int(value) if value is not None and value != TOKENIZER_UNSET_LENGTH else default
 

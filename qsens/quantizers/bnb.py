@@ -17,7 +17,6 @@ import time
 from typing import Literal
 
 import torch
-from pydantic import field_validator
 
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
 from qsens.quantizers.layers import peak_memory_bytes, working_copy
@@ -27,27 +26,13 @@ BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 class Settings(QuantSettings):
     method: Literal["bnb"] = "bnb"
-    bits: int = 4
+    bits: Literal[4] = 4  # NF4 and FP4 are 4-bit formats
     quant_type: Literal["nf4", "fp4"] = "nf4"
-    blocksize: int = 64
+    blocksize: Literal[BLOCKSIZES] = 64
     double_quant: bool = False  # quantize the absmax statistics again (8-bit, blocks of 256)
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
     group_size_field = "blocksize"
-
-    @field_validator("blocksize")
-    @classmethod
-    def _blocksize(cls, v: int) -> int:
-        if v not in BLOCKSIZES:
-            raise ValueError(f"bnb blocksize must be one of {list(BLOCKSIZES)}, got {v}")
-        return v
-
-    @field_validator("bits")
-    @classmethod
-    def _bits(cls, v: int) -> int:
-        if v != 4:
-            raise ValueError(f"bitsandbytes NF4 and FP4 are 4-bit formats: bits must be 4, got {v}")
-        return v
 
     def label(self) -> str:
         dq = "-dq" if self.double_quant else ""

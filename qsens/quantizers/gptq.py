@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import ClassVar, Iterator, Literal
 
 import torch
-from pydantic import field_validator, model_validator
+from pydantic import Field, model_validator
 
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
 from qsens.quantizers.layers import peak_memory_bytes, quantizable_linears
@@ -41,60 +41,24 @@ GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)  # what gptqmodel's packing 
 class Settings(QuantSettings):
     needs_calibration: ClassVar[bool] = True
     method: Literal["gptq"] = "gptq"
-    bits: int
-    group_size: int = 128
+    bits: Literal[2, 3, 4, 8]  # gptqmodel's packed formats
+    group_size: Literal[GROUP_SIZES] = 128
     desc_act: bool = False  # act-order: quantize columns by decreasing Hessian diagonal
     # gptqmodel's "group-aware reordering", on by default in gptqmodel 7.x; off here = the paper's GPTQ.
     act_group_aware: bool = False
     symmetric: bool = True
-    damp_percent: float = 0.01  # the paper's lambda: 1% of the mean Hessian diagonal (gptqmodel defaults to 5%)
-    damp_auto_increment: float = 0.01  # added until the damped Hessian is positive definite; the used damp is recorded
-    calibration_samples: int = 128
-    calibration_length: int = 128
-    batch_size: int = 8
+    damp_percent: float = Field(0.01, gt=0, lt=1)  # the paper's lambda: 1% of the mean Hessian diagonal (gptqmodel defaults to 5%)
+    damp_auto_increment: float = Field(0.01, ge=0)  # added until the damped Hessian is positive definite; the used damp is recorded
+    calibration_samples: int = Field(128, ge=1)
+    calibration_length: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1)
     eval_path: Literal["dequantized", "kernel"] = "dequantized"
-
-    @field_validator("bits")
-    @classmethod
-    def _bits(cls, v: int) -> int:
-        if v not in (2, 3, 4, 8):
-            raise ValueError(f"GPTQ bits must be one of 2, 3, 4, 8 (gptqmodel's packed formats), got {v}")
-        return v
-
-    @field_validator("group_size")
-    @classmethod
-    def _group_size(cls, v: int) -> int:
-        if v not in GROUP_SIZES:
-            raise ValueError(f"GPTQ group_size must be one of {list(GROUP_SIZES)} (-1 = per channel), got {v}")
-        return v
-
-    @field_validator("damp_percent")
-    @classmethod
-    def _damp(cls, v: float) -> float:
-        if not 0 < v < 1:
-            raise ValueError(f"damp_percent must be in (0, 1), got {v}")
-        return v
-
-    @field_validator("damp_auto_increment")
-    @classmethod
-    def _damp_inc(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError(f"damp_auto_increment must be >= 0, got {v}")
-        return v
-
-    @field_validator("calibration_samples", "calibration_length", "batch_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be a positive integer, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
         if self.desc_act and self.act_group_aware:
             raise ValueError("desc_act and act_group_aware are two column orders; choose at most one")
         return self
-
 
     def label(self) -> str:
         g = "gch" if self.group_size == -1 else f"g{self.group_size}"

@@ -31,7 +31,7 @@ import time
 from typing import Literal
 
 import torch
-from pydantic import field_validator
+from pydantic import Field
 
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
 from qsens.quantizers.layers import peak_memory_bytes, working_copy
@@ -40,25 +40,11 @@ from qsens.quantizers.layers import peak_memory_bytes, working_copy
 class Settings(QuantSettings):
     method: Literal["noise"] = "noise"
     bits: Literal[16] = 16
-    magnitude: float
+    magnitude: float = Field(gt=0, allow_inf_nan=False)  # noise std relative to the reference std
     reference: Literal["tensor_std", "init_std"] = "tensor_std"
-    seed_index: int = 0
+    seed_index: int = Field(0, ge=0)
 
     group_size_field = None
-
-    @field_validator("magnitude")
-    @classmethod
-    def _magnitude(cls, v: float) -> float:
-        if not (v > 0 and v < float("inf")):
-            raise ValueError(f"magnitude (noise std relative to the reference std) must be a positive number, got {v}")
-        return v
-
-    @field_validator("seed_index")
-    @classmethod
-    def _seed_index(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"seed_index must be >= 0, got {v}")
-        return v
 
     def label(self) -> str:
         ref = "" if self.reference == "tensor_std" else "-init"

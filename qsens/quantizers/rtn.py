@@ -13,7 +13,7 @@ import time
 from typing import Literal
 
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
 from qsens.quantizers.layers import peak_memory_bytes, working_copy
@@ -22,17 +22,10 @@ from qsens.quantizers.rtn_reference import rtn_fake_quantize
 
 class Settings(QuantSettings):
     method: Literal["rtn"] = "rtn"
-    bits: int
+    bits: int = Field(ge=2, le=8)
     group_size: int = 128
     symmetric: bool = False
     backend: Literal["auto", "torch", "cuda"] = "auto"
-
-    @field_validator("bits")
-    @classmethod
-    def _bits(cls, v: int) -> int:
-        if not 2 <= v <= 8:
-            raise ValueError("RTN bits must be an integer in 2..8")
-        return v
 
     @field_validator("group_size")
     @classmethod

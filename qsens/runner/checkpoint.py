@@ -15,7 +15,7 @@ from qsens.families.checkpoint import Checkpoint
 from qsens.families.loading import load_model, load_tokenizer
 from qsens.metrics.resources import available_bytes, model_bytes
 from qsens.metrics.text import read_text
-from qsens.metrics.windows import EvalTokens, build_eval_tokens, model_max_length
+from qsens.metrics.windows import EvalTokens, build_eval_tokens, model_max_length, position_limit
 from qsens.quantizers import method_module
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
 from qsens.suites.load import EvalText, Suite
@@ -41,10 +41,11 @@ def calibration_sampler(suite: Suite, tokenizer) -> Callable[[int, int], torch.T
 
 def _check_fits(model, eval_name: str, context_length: int) -> None:
     """A window longer than the model's positions would be silently wrong or crash deep inside the model."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(limit, int) and context_length > limit:
+    stated = position_limit(getattr(model, "config", None))
+    if stated is not None and context_length > stated[1]:
+        field, limit = stated
         raise ValueError(f"eval {eval_name!r}: context_length {context_length} exceeds the model's "
-                         f"max_position_embeddings {limit}: at most {limit}")
+                         f"{field} {limit}: at most {limit}")
 
 
 def _tokenizer_digest(tokenizer) -> str | None:

@@ -14,12 +14,14 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from qsens.metrics.windows import position_limit
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 @dataclass(frozen=True)
 class FolderInfo:
-    max_positions: int | None  # config.json's max_position_embeddings, when it states one
+    max_positions: tuple[str, int] | None  # (field, value) of the positions config.json states (position_limit)
 
 
 def check_model_folder(folder: Path) -> tuple[FolderInfo | None, str | None]:
@@ -43,8 +45,11 @@ def check_model_folder(folder: Path) -> tuple[FolderInfo | None, str | None]:
     empty = [w.name for w in weights if w.stat().st_size == 0]
     if empty:
         return None, f"empty weights file(s) {empty} in {folder}"
-    mp = data.get("max_position_embeddings")
-    return FolderInfo(mp if isinstance(mp, int) and not isinstance(mp, bool) and mp > 0 else None), None
+    try:
+        stated = position_limit(data)
+    except (TypeError, ValueError, OverflowError):  # a position count that is not a number: the model load says so
+        stated = None
+    return FolderInfo(stated if stated and stated[1] > 0 else None), None
 
 
 def check_text(path: Path) -> tuple[str | None, str | None]:

@@ -222,7 +222,7 @@ def _eval_text(ev: EvalSpec, where: str, base: Path) -> tuple[EvalText | None, l
 
 
 def _context_problems(checkpoints: list[Checkpoint], evals: list[EvalText], spec: SuiteSpec) -> list:
-    """An eval window longer than a local checkpoint's max_position_embeddings (hub ones are checked at run)."""
+    """An eval window longer than the positions a local checkpoint's config states (hub ones are checked at run)."""
     problems, limits = [], {}
     for c in checkpoints:
         if c.is_local and c.location not in limits:
@@ -233,11 +233,12 @@ def _context_problems(checkpoints: list[Checkpoint], evals: list[EvalText], spec
         if need == "model":  # resolves to each checkpoint's own maximum: it fits by definition
             continue
         for c in checkpoints:
-            limit = limits.get(c.location)
-            if limit is not None and need > limit:
+            stated = limits.get(c.location)
+            if stated is not None and need > stated[1]:
+                field, limit = stated
                 where = f"evals[{[e.name for e in spec.evals].index(ev.name)}].protocol.context_length"
-                problems.append((where, f"{need} exceeds max_position_embeddings {limit} of checkpoint "
-                                        f"{c.family}/{c.name}: at most {limit}"))
+                problems.append((where, f"{need} exceeds {field} {limit} of checkpoint {c.family}/{c.name}: "
+                                        f"at most {limit}"))
                 break
     return problems
 
