@@ -15,6 +15,7 @@ import hashlib
 import re
 from collections import defaultdict
 
+from qsens.board import fits as fit_view
 from qsens.board.history import TRACKED, cell_id
 
 # Metrics shown with their CIs on the index, in column order: (column, heading, better direction).
@@ -48,17 +49,20 @@ def headline(cells: list[dict]) -> dict | None:
 
 
 def match_fit(fits: list[dict], row: dict) -> dict | None:
-    """The fit for a row's group: same family/eval/method, this bit width or pooled; the most specific wins,
-    then the newest. A fit column left empty (None) matches any value."""
+    """The Δloss fit drawn for a row's group (board.fits): a fit of one of its member families with the row's
+    schedule, eval, method, group size and quantizer (a fit column left empty matches any value), at the row's bit
+    width or pooled. The most specific wins: an ok fit before an insufficient one, per-bit before pooled, nominal
+    bits before effective (the table's bits column is nominal), then the newest."""
     def fits_row(f):
-        same = all(f.get(k) in (None, row.get(k)) for k in ("schedule", "eval", "method", "quantizer", "group_size"))
-        members = f.get("families") or [f.get("family")]
-        return row["family"] in members and same and (f["pooled"] or f.get("bits") == row.get("bits"))
+        same = all(f.get(k) in (None, row.get(k)) for k in ("schedule", "eval", "method", "group_size"))
+        return (fit_view.is_drawn(f) and row["family"] in fit_view.families(f) and same
+                and fit_view.quantizer_matches(f, row.get("quantizer"))
+                and (fit_view.pooled(f) or f.get("bits") == row.get("bits")))
 
-    def specificity(f):  # nominal bits before effective bits: the table's bits column is nominal
+    def specificity(f):
         named = sum(f.get(k) is not None for k in ("schedule", "eval", "quantizer", "group_size"))
-        return (not f["pooled"], named, f.get("bits_axis") != "effective", str(f.get("created_at") or ""),
-                f.get("r2") or -1)
+        return (f.get("status") == "ok", not fit_view.pooled(f), named, f.get("bits_axis") != "effective",
+                str(f.get("created_at") or ""), f.get("r2") or -1)
 
     return max((f for f in fits if fits_row(f)), key=specificity, default=None)
 
@@ -97,7 +101,7 @@ def leaderboard_rows(cells: list[dict], fits: list[dict], changes: dict) -> list
                "delta_loss_min": min(deltas, default=None), "delta_loss_max": max(deltas, default=None)}
         fit = match_fit(fits, row)
         row.update({"fit_key": fit and fit["key"], "fit_law": fit and fit["law"], "fit_r2": fit and fit["r2"],
-                    "fit_pooled": fit and fit["pooled"], "fit_exponents": fit["exponents"] if fit else [],
+                    "fit_pooled": fit and fit_view.pooled(fit), "fit_exponents": fit_view.exponents(fit) if fit else [],
                     "fit_verdict": fit and fit.get("verdict"),
                     "family_page": family_page(row["family"]), "change": _row_change(head, changes)})
         row["id"] = slug(*key)
@@ -168,7 +172,7 @@ def family_model(name, cells: list[dict], fits: list[dict], changes: dict, plots
     return {"name": name, "page": family_page(name), "cells": views,
             "failed": [v for v in views if v.get("status") == "failed"],
             "running": [v for v in views if v.get("status") == "running"],
-            "fits": [f for f in fits if name in (f.get("families") or [f.get("family")])], "plots": plots,
+            "fits": [f for f in fits if name in fit_view.families(f)], "plots": plots,
             "provenance": _provenance_summary(cells), "first_date": dates[0] if dates else None,
             "last_date": dates[-1] if dates else None,
             "checkpoints": sorted({(c.get("n_params") or 0, c.get("tokens") or 0, str(c.get("checkpoint")))
@@ -182,6 +186,13 @@ def filter_values(rows: list[dict]) -> dict[str, list]:
         return sorted(vals, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else 0,
                                            str(v)))
     return {k: distinct(k) for k in ("family", "method", "bits", "eval", "schedule", "suite")}
+
+
+def code_provenance(cells: list[dict]) -> dict[str, list[str]]:
+    """The code the numbers were computed with, as the cells record it: distinct qsens versions and commits (a
+    commit marked '+dirty' ran with uncommitted changes; the page says so). The site shows this, not the checkout
+    that renders it, so a rebuild from other code changes no number's provenance and no byte."""
+    return {k: sorted({str(c[k]) for c in cells if c.get(k)}) for k in ("qsens_version", "git_commit")}
 
 
 def site_model(data, changes: dict, plots: dict, history: dict, generated_at: str) -> dict:
@@ -201,6 +212,7 @@ def site_model(data, changes: dict, plots: dict, history: dict, generated_at: st
     levels = {s.get("spec", {}).get("bootstrap", {}).get("confidence") for s in data.suites.values()}
     statuses = [c.get("status") for c in data.cells]
     return {"generated_at": generated_at, "qsens_version": __version__, "sources": data.sources,
+            "code": code_provenance(data.cells),
             "confidence_text": f"{next(iter(levels)):.0%} " if len(levels) == 1 and None not in levels else "",
             "counts": {s: statuses.count(s) for s in ("ok", "failed", "running")},
             "metrics": INDEX_METRICS, "rows": rows, "filters": filter_values(rows), "best": best_checkpoints(data.cells),

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qsens.board import laws
+from qsens.board import fits as fit_view
 from qsens.board.fmt import human, num
 from qsens.board.model import match_fit, slug
+from qsens.fit import predict
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
@@ -102,50 +103,42 @@ def delta_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> s
     return "; ".join(notes)
 
 
+def fit_curve(fit: dict, cell: dict, d_over_n: np.ndarray):
+    """The fit's (mean, low, high) Δloss at the cell's N and bits over D/N values (low/high None without stored
+    bootstrap draws); None when qsens.fit cannot evaluate it (an insufficient fit)."""
+    n = float(cell["n_params"])
+    return predict(fit, np.full_like(d_over_n, n), d_over_n * n, fit_view.plot_bits(fit, cell))
+
+
 def _draw_fit(ax, fits: list[dict], cell: dict, n, x: np.ndarray, color: str) -> list[str]:
     """The fitted law for this series over its D/N range, with its band; notes for the caption."""
     fit = match_fit(fits, cell)
     if fit is None:
         return []
     grid = np.geomspace(x.min() / 1.25, x.max() * 1.25, 60)
-    pred = laws.predict(fit, np.full_like(grid, n), grid * n, cell.get("bits"))
+    series = _series_text(cell.get("schedule"), n)
+    pred = fit_curve(fit, cell, grid)
     if pred is None:
-        return [f"fit {fit['law']} not drawn (its form is unknown to the board)"]
+        return [f"{series}: fit {fit['law']} not drawn ({fit.get('verdict') or fit.get('status')})"]
     mean, lo, hi = pred
     ax.plot(grid, mean, "-", color=color, lw=1.2, alpha=0.8, label=f"{_series_label(cell.get('schedule'), n)} fit")
     if lo is not None and hi is not None:
         ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0)
     r2 = f", R² = {num(fit['r2'], 3)}" if fit.get("r2") is not None else ""
-    band = "band: parameter-CI envelope" if lo is not None else "no band (no parameter CIs)"
+    band = "band: 2.5-97.5 percentiles of the bootstrap refits" if lo is not None else "no band (no bootstrap refits stored)"
     verdict = f"; verdict: {fit['verdict']}" if fit.get("verdict") else ""
-    return [f"{_series_text(cell.get('schedule'), n)}: fit {fit['law']}{' (pooled over bits)' if fit['pooled'] else ''}"
-            f"{r2}{verdict}; {band}"]
+    pooled = f" (pooled over bits, {fit.get('bits_axis')} P)" if fit_view.pooled(fit) else ""
+    return [f"{series}: fit {fit['law']}{pooled}{r2}{verdict}; {band}"]
 
 
-def _d_star(fit: dict | None, n) -> float | None:
-    """D* for size N from a fit's stored predictions: {N: D*}, {N: [D*, lo, hi]}, [{n_params, d_star}] or a
-    single number; None when absent or unreadable."""
-    raw = fit.get("d_star") if fit else None
-    if isinstance(raw, (int, float)):
-        return float(raw)
-    if isinstance(raw, dict):
-        entries = list(raw.items())
-    elif isinstance(raw, list):
-        entries = [(e.get("n_params", e.get("N")), e) for e in raw if isinstance(e, dict)]
-    else:
-        return None
-    for key, v in entries:
-        try:
-            if float(key) != float(n):
-                continue
-        except (TypeError, ValueError):
-            continue
-        if isinstance(v, dict):
-            v = v.get("d_star", v.get("value"))
-        elif isinstance(v, (list, tuple)) and v:
-            v = v[0]
-        return float(v) if isinstance(v, (int, float)) else None
-    return None
+def _token_ticks(axis) -> None:
+    """Label a log token axis at 1, 2 and 5 per decade as 250K, 1M, 20M (only those: matplotlib's default also
+    labels the minor ticks of an axis spanning about one decade, and '3×10^6' beside '4×10^6' overlaps)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: human(v)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def ucurve_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> str:
@@ -167,15 +160,16 @@ def ucurve_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> 
                 label=f"{label} full precision")
         ax.errorbar(d, q, yerr=np.vstack([np.clip(q - q_lo, 0, None), np.clip(q_hi - q, 0, None)]), fmt="-o",
                     color=color, ms=4, capsize=2, label=f"{label} quantized")
-        star = _d_star(match_fit(fits, group[0]), n)
-        if star is not None:
-            ax.axvline(star, color=color, ls=":", lw=1.2, label=f"{label} D* (fit) = {human(star)}")
+        star = fit_view.d_star_entry(match_fit(fits, group[0]), n, group[0].get("bits"))
+        if star is not None and np.isfinite(star["d_star"]):
+            ax.axvline(star["d_star"], color=color, ls=":", lw=1.2, label=f"{label} D* (fit) = {human(star['d_star'])}")
         elif len(q) >= 3 and 0 < int(np.argmin(q)) < len(q) - 1:
             k = int(np.argmin(q))
             ax.plot(d[k], q[k], "*", color=color, ms=12, label=f"{label} lowest quantized loss")
         else:
             flat.append(text)
     ax.set_xscale("log")
+    _token_ticks(ax.xaxis)
     ax.set_xlabel("D (training tokens)")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(_safe(title))

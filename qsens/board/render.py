@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 
+from qsens.board import fits as fit_view
 from qsens.board import fmt
 from qsens.board.model import PROVENANCE, family_page
 from qsens.store.export import csv_safe, to_csv, to_json
@@ -34,8 +36,27 @@ def environment():
         undefined=jinja2.StrictUndefined,  # a typo in a template fails the build instead of rendering blank
         trim_blocks=True, lstrip_blocks=True,
     )
-    env.filters.update(num=fmt.num, signed=fmt.signed, ci=fmt.ci, human=fmt.human, sortval=fmt.sort_value)
+    env.filters.update(num=fmt.num, human=fmt.human, sortval=fmt.sort_value, commit=fmt.commit,
+                       fit_diagnostics=fit_view.diagnostics)
+    env.globals.update(column=fmt.column, values=fmt.values, formats=formats, param_formats=param_formats,
+                       param_items=fit_view.param_items)
+    env.tests["known"] = lambda x: isinstance(x, (int, float)) and not math.isnan(x)  # NaN: no interval
     return env
+
+
+def formats(rows: list[dict], **sig: int) -> dict[str, fmt.Column]:
+    """{key: the format of column `key` over `rows`} for each key given with its significant digits."""
+    return {key: fmt.column(fmt.values(rows, key), digits) for key, digits in sig.items()}
+
+
+def param_formats(fits: list[dict], sig: int = 3) -> dict[str, fmt.Column]:
+    """{parameter name: one format for that parameter over `fits`} (a table column lists several parameters, of
+    different magnitudes: each name keeps one format down the column)."""
+    by_name: dict[str, list] = {}
+    for f in fits:
+        for name, p in (f.get("params") or {}).items():
+            by_name.setdefault(name, []).append(p.get("value"))
+    return {name: fmt.column(v, sig) for name, v in by_name.items()}
 
 
 def _write(path: Path, text: str) -> None:

@@ -4,23 +4,26 @@ Family `novels-probe`, N = 106,816, is the probe in /work/shared/FIELD-NOTES.md 
 at 2/3/4/8 bits are copied from its cosine and WSD tables. A second size, N = 427,264, at the same D/N (9.4, 37,
 112), is invented to give the plots a second series. Intervals are synthetic: ±0.03 on losses, ±max(10 %, 2e-4)
 on Δloss. A failed cell, an unfinished cell and a hostile family (`<script>` names) test the failure and escaping
-paths. `python board_synthetic.py DIR` writes the folder (used by scripts/screenshot_board.sh).
+paths. Fits are made by the fit pipeline from the stored cells and stored by qsens.store.fits, as `qsens fit` does.
+`python board_synthetic.py DIR` writes the folder (used by scripts/screenshot_board.sh).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sqlite3
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from qsens.fit.pipeline import compare_schedules, fit_cells
 from qsens.store import ResultStore
+from qsens.store import fits as fit_store
+from qsens.store.cells import read_cells
 
 N1, N2 = 106_816, 427_264
 T0 = datetime(2026, 11, 22, 18, 0, tzinfo=timezone.utc)  # the tests' first build time
 BITS = (2, 3, 4, 8)
+N_BOOT = 40  # bootstrap refits per fit: enough for intervals and bands, few enough for quick fixtures
 # (schedule, N, D, fp loss, {bits: Δloss}) — N1 rows from FIELD-NOTES.md, N2 rows invented.
 CHECKPOINTS = [
     ("cosine", N1, 250_000, 6.203, {2: 0.0018, 3: 0.0016, 4: -0.0001, 8: 0.00001}),
@@ -80,34 +83,10 @@ def all_cells() -> list[dict]:
     return cells + [failed, running] + hostile
 
 
-def ouyang_k(delta: float, n: int, d: int, bits: int, alpha: float, beta: float, gamma: float) -> float:
-    """k of ΔqLoss = k · D^β / (N^α · P^γ) through one measured point."""
-    return delta * n**alpha * bits**gamma / d**beta
-
-
-FITS = [  # (key, law, schedule, bits, group_size, quantizer, params {name: [value, lo, hi]}, r2, d_star)
-    ("fit-pooled-cosine", "ouyang2024", "cosine", None, 32, None,
-     {"k": [ouyang_k(0.0196, N1, 4_000_000, 4, 0.5, 0.54, 4.2)] * 3, "alpha": [0.5, 0.4, 0.6],
-      "beta": [0.54, 0.48, 0.60], "gamma": [4.2, 3.9, 4.5]}, 0.97, None),
-    ("fit-w2-cosine", "ouyang2024", "cosine", 2, 32, "rtn-w2-g32-asym",
-     {"k": [ouyang_k(0.359, N1, 4_000_000, 2, 0.5, 0.70, 0.0)] * 3, "alpha": [0.5, 0.45, 0.55],
-      "beta": [0.70, 0.62, 0.78]}, 0.93, {str(N1): 3.0e6, str(N2): 1.2e7}),
-]
-
-
-def write_fits(db: Path) -> None:
-    """A `fits` table in the shape the fit package writes (one row per fit, parameters as JSON)."""
-    con = sqlite3.connect(db)
-    with con:
-        con.execute("CREATE TABLE IF NOT EXISTS fits (key TEXT PRIMARY KEY, law TEXT, family TEXT, schedule TEXT, "
-                    "eval TEXT, method TEXT, bits TEXT, group_size INTEGER, quantizer TEXT, params_json TEXT, "
-                    "r2 REAL, loo_json TEXT, n_points INTEGER, d_star_json TEXT, created_at TEXT)")
-        for key, law, schedule, bits, gs, quantizer, params, r2, d_star in FITS:
-            con.execute("INSERT OR REPLACE INTO fits VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (key, law, "novels-probe", schedule, "vathek", "rtn", "pooled" if bits is None else bits,
-                         gs, quantizer, json.dumps(params), r2, json.dumps({"rmse": 0.01}), 12,
-                         json.dumps(d_star) if d_star else None, "2026-11-22T18:30:00+00:00"))
-    con.close()
+def store_fits(folder: Path) -> None:
+    """Fit the folder's ok cells with the fit pipeline, as `qsens fit` does, and store the fits beside them."""
+    fitted = fit_cells(read_cells(folder, status="ok"), n_boot=N_BOOT)
+    fit_store.write_fits(folder, [f.record for f in fitted], compare_schedules(fitted))
 
 
 def small_cells() -> list[dict]:
@@ -121,7 +100,7 @@ def make_results(folder: Path, fits: bool = True, cells: list[dict] | None = Non
     for c in all_cells() if cells is None else cells:
         store.save(c)
     if fits:
-        write_fits(store.path)
+        store_fits(folder)
     return folder
 
 

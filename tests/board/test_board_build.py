@@ -113,13 +113,20 @@ def test_build_without_fits_table(tmp_path):
     assert "no fit" in (tmp_path / "site" / "index.html").read_text()
 
 
-def test_build_with_foreign_fits_table(small_results, tmp_path):
-    """A fits table of unknown shape (another tool's, mid-change) still builds."""
+def test_build_with_fits_stored_by_an_older_qsens(small_results, tmp_path):
+    """A fits table from before fit groups, diagnostics and stored bootstrap draws (qsens.store.fits reads the
+    missing columns as None): the fit is listed and drawn without a band, and says so."""
     with sqlite3.connect(small_results / "qsens.sqlite") as con:
+        con.row_factory = sqlite3.Row
+        ouyang = dict(con.execute("SELECT * FROM fits WHERE law = 'ouyang' AND status = 'ok'").fetchone())
+        older = ["key", "law", "formula", "metric", "family", "schedule", "eval", "method", "group_size", "settings",
+                 "bits", "pooled", "quantizer", "status", "message", "params", "r2", "n_points", "created_at"]
         con.execute("DROP TABLE fits")
-        con.execute("CREATE TABLE fits (id INTEGER, blob TEXT, family TEXT, params TEXT)")
-        con.execute("INSERT INTO fits VALUES (1, '{x', 'novels-probe', '[1, 2')")
+        con.execute(f"CREATE TABLE fits ({', '.join(older)})")
+        con.execute(f"INSERT INTO fits VALUES ({', '.join('?' * len(older))})", [ouyang[k] for k in older])
     assert build_board(small_results, tmp_path / "site", now=T0).rows == 2
+    page = (tmp_path / "site" / family_page("novels-probe")).read_text()
+    assert "<span class=\"law\">ouyang</span>" in page and "no band (no bootstrap refits stored)" in page
 
 
 def test_failed_build_leaves_the_old_site_untouched(small_results, tmp_path, monkeypatch):

@@ -1,26 +1,33 @@
-"""The board's data model: "which checkpoint", headline rows, fit matching and reading, law evaluation."""
+"""The board's data model: "which checkpoint", headline rows, which stored fit a row and a plot show, number formats.
+
+The fits are the fit pipeline's, stored and read back by qsens.store.fits (board_synthetic.make_results)."""
 
 from __future__ import annotations
 
-import json
 import math
-import sqlite3
 
 import numpy as np
 import pytest
-from board_synthetic import FITS, N1, N2, all_cells, cell
+from board_synthetic import N1, N2, all_cells, cell
 
-from qsens.board import data as board_data
-from qsens.board import fmt, laws
+from qsens.board import fits as fit_view
+from qsens.board import fmt
 from qsens.board.model import best_checkpoints, headline, leaderboard_rows, match_fit, slug
+from qsens.board.plots import fit_curve
+from qsens.store.fits import read_fits
 
 
-def _fits() -> list[dict]:
-    rows = [{"key": k, "law": law, "family": "novels-probe", "schedule": sched, "eval": "vathek", "method": "rtn",
-             "bits": "pooled" if bits is None else bits, "group_size": gs, "quantizer": q,
-             "params_json": json.dumps(p), "r2": r2, "created_at": "2026-11-22"}
-            for k, law, sched, bits, gs, q, p, r2, _ in FITS]
-    return [board_data.normalize_fit(r) for r in rows]
+@pytest.fixture(scope="module")
+def fits(built) -> list[dict]:
+    """The synthetic results' fits as the store reads them back."""
+    return read_fits(built[0])[0]
+
+
+def _fit(fits, law, schedule="cosine", eval_name="vathek", bits=None, axis="nominal") -> dict:
+    """The one stored fit of `law` for a group, picked by its columns."""
+    (fit,) = [f for f in fits if f["law"] == law and f["schedule"] == schedule and f["eval"] == eval_name
+              and f["bits"] == bits and f["bits_axis"] == axis]
+    return fit
 
 
 def test_which_checkpoint_matches_hand_computation():
@@ -60,68 +67,77 @@ def test_headline_is_largest_n_then_largest_d_among_ok_cells():
     assert headline([cells[-1]]) is None
 
 
-def test_leaderboard_rows_one_per_group_with_range_and_fit():
-    rows = leaderboard_rows(all_cells(), _fits(), {})
+def test_leaderboard_rows_one_per_group_with_range_and_fit(fits):
+    rows = leaderboard_rows(all_cells(), fits, {})
     keys = [(r["family"], r["schedule"], r["eval"], r["quantizer"]) for r in rows]
     assert len(keys) == len(set(keys)) == 11  # 2 schedules × 4 bits + pride × 2 quantizers + the hostile family
     row = next(r for r in rows if r["schedule"] == "cosine" and r["eval"] == "vathek" and r["bits"] == 2)
     assert (row["n_params"], row["tokens"], row["delta_loss"]) == (N2, 48_000_000, 0.900)
     assert (row["delta_loss_min"], row["delta_loss_max"]) == (0.0018, 0.900)
-    assert row["fit_key"] == "fit-w2-cosine" and {p["name"] for p in row["fit_exponents"]} == {"alpha", "beta"}
-    row4 = next(r for r in rows if r["schedule"] == "cosine" and r["eval"] == "vathek" and r["bits"] == 4)
-    assert row4["fit_key"] == "fit-pooled-cosine" and row4["fit_pooled"]
+    ouyang = _fit(fits, "ouyang", bits=2)
+    assert row["fit_key"] == ouyang["key"] and not row["fit_pooled"]
+    assert [p["name"] for p in row["fit_exponents"]] == ["alpha", "beta"]  # the law's exponents, in its order
+    assert row["fit_exponents"][1] == {"name": "beta", "value": ouyang["params"]["beta"]["value"],
+                                       "lo": ouyang["params"]["beta"]["ci_low"], "hi": ouyang["params"]["beta"]["ci_high"]}
     wsd = next(r for r in rows if r["schedule"] == "wsd" and r["bits"] == 4)
-    assert wsd["fit_key"] is None  # both fits are for the cosine schedule
+    assert wsd["fit_key"] == _fit(fits, "ouyang", "wsd", bits=4)["key"]
+    # One size: alpha held at 0; three checkpoints are too few for an interval, stored as NaN, shown as None.
+    assert wsd["fit_exponents"] == [{"name": "alpha", "value": 0.0, "lo": 0.0, "hi": 0.0},
+                                    {"name": "beta", "value": pytest.approx(wsd["fit_exponents"][1]["value"]),
+                                     "lo": None, "hi": None}]
     failed_only = next(r for r in rows if r["eval"] == "pride" and r["bits"] == 3)
     assert (failed_only["n_ok"], failed_only["n_failed"], failed_only["delta_loss"]) == (0, 1, None)
+    assert failed_only["fit_verdict"] == "insufficient" and failed_only["fit_exponents"] == []
 
 
-def test_match_fit_prefers_the_newest_of_equally_specific_fits():
-    old, new = _fits()[0], {**_fits()[0], "key": "newer", "created_at": "2026-12-01"}
+def test_an_ok_pooled_fit_serves_a_bit_width_whose_own_fit_is_insufficient(fits):
+    """Every 8-bit Δloss interval includes 0, so the 8-bit Ouyang fit has no points; the row shows a law pooled over
+    bits (its quantizer label `rtn-w*-g32-asym` covers rtn-w8-g32-asym) on nominal bits, not the fp-loss fit of
+    the same group; its exponents are the law's."""
+    assert _fit(fits, "ouyang", bits=8)["status"] == "insufficient"
+    rows = leaderboard_rows(all_cells(), fits, {})
+    row = next(r for r in rows if r["schedule"] == "cosine" and r["eval"] == "vathek" and r["bits"] == 8)
+    (picked,) = [f for f in fits if f["key"] == row["fit_key"]]
+    assert (picked["status"], picked["bits"], picked["bits_axis"]) == ("ok", None, "nominal") and row["fit_pooled"]
+    exponents = {"unified": ["alpha", "beta", "gamma"], "kumar": ["gamma_N", "gamma_D", "gamma_post"]}
+    assert [p["name"] for p in row["fit_exponents"]] == exponents[picked["law"]]
+
+
+def test_match_fit_prefers_the_newest_of_equally_specific_fits(fits):
+    old = _fit(fits, "ouyang", bits=4)
+    new = {**old, "key": "newer", "created_at": "2099-12-01T00:00:00+00:00"}
     row = {"family": "novels-probe", "schedule": "cosine", "eval": "vathek", "method": "rtn", "bits": 4,
            "quantizer": "rtn-w4-g32-asym", "group_size": 32}
     assert match_fit([old, new], row)["key"] == "newer"
+    assert match_fit([old], {**row, "quantizer": "rtn-w4-g32-sym"}) is None  # another quantizer's fit
 
 
-@pytest.mark.parametrize("params, expect", [
-    ({"beta": 0.5}, (0.5, None, None)),
-    ({"beta": [0.5, 0.4, 0.6]}, (0.5, 0.4, 0.6)),
-    ({"beta": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}, (0.5, 0.4, 0.6)),
-    ([{"name": "beta", "value": 0.5, "low": 0.4, "high": 0.6}], (0.5, 0.4, 0.6)),
-    ({"beta": "nan"}, (None, None, None)),
-])
-def test_normalize_fit_reads_parameter_shapes(params, expect):
-    fit = board_data.normalize_fit({"law": "x", "family": "fam/wsd", "bits": "pooled", "params": json.dumps(params)})
-    (p,) = fit["params"]
-    assert (p["value"], p["lo"], p["hi"]) == expect
-    assert (fit["family"], fit["schedule"], fit["pooled"], fit["bits"]) == ("fam", "wsd", True, None)
+def test_the_drawn_curve_is_the_law_at_the_stored_parameters(fits):
+    """Δloss = k · D^β / (N^α · P^γ) by hand from the stored parameters; P is the nominal bits on that axis and the
+    cell's effective bits (4 + 0.5625 in board_synthetic) on the other; the band is around the curve."""
+    d_over_n = np.array([10.0, 40.0, 120.0])
+    cell_ = next(c for c in all_cells() if c["n_params"] == N2 and c["bits"] == 4 and c["eval"] == "vathek")
+    for axis, p in (("nominal", 4.0), ("effective", 4.5625)):
+        fit = _fit(fits, "unified", axis=axis)
+        v = {k: fit["params"][k]["value"] for k in ("k", "alpha", "beta", "gamma")}
+        d = d_over_n * N2
+        expect = v["k"] * d ** v["beta"] / (N2 ** v["alpha"] * p ** v["gamma"])
+        mean, low, high = fit_curve(fit, cell_, d_over_n)
+        np.testing.assert_allclose(mean, expect, rtol=1e-9)
+        assert np.all(low <= high) and np.all(low < mean * 1.5) and np.all(high > mean / 1.5)
 
 
-def test_normalize_fit_survives_garbage():
-    fit = board_data.normalize_fit({"params_json": "{not json", "bits": "four", "r2": "x", "d_star": "[1,"})
-    assert fit["params"] == [] and fit["r2"] is None and fit["law"] == "?"
+def test_an_insufficient_fit_is_not_drawn(fits):
+    insufficient = _fit(fits, "ouyang", bits=8)
+    cell_ = next(c for c in all_cells() if c["bits"] == 8)
+    assert fit_curve(insufficient, cell_, np.array([10.0])) is None
 
 
-def test_read_fits_without_table_is_empty(tmp_path):
-    db = tmp_path / "qsens.sqlite"
-    sqlite3.connect(db).close()
-    assert board_data.read_fits(db) == []
-
-
-def test_builtin_law_matches_formula_and_band_contains_it():
-    (fit,) = [f for f in _fits() if f["key"] == "fit-pooled-cosine"]
-    n, d = np.array([N1, N2]), np.array([4e6, 1.6e7])
-    mean, lo, hi = laws.predict(fit, n, d, 4)
-    p = {x["name"]: x["value"] for x in fit["params"]}
-    expect = p["k"] * d ** p["beta"] / (n ** p["alpha"] * 4 ** p["gamma"])
-    np.testing.assert_allclose(mean, expect, rtol=1e-12)
-    assert mean[0] == pytest.approx(0.0196)  # k was set through this measured point
-    assert np.all(lo <= mean) and np.all(mean <= hi)
-
-
-def test_unknown_law_is_not_drawable():
-    fit = board_data.normalize_fit({"law": "spline", "params": json.dumps({"knots": 3})})
-    assert laws.predict(fit, [1e5], [1e6], 4) is None
+def test_d_star_is_read_for_the_size_and_bit_width(fits):
+    fit = _fit(fits, "unified")
+    entry = fit_view.d_star_entry(fit, N1, 3)
+    assert (entry["n_params"], entry["bits"]) == (N1, 3)
+    assert fit_view.d_star_entry(fit, N1, 5) is None and fit_view.d_star_entry(None, N1, 3) is None
 
 
 def test_slug_is_safe_and_distinct():
@@ -130,25 +146,49 @@ def test_slug_is_safe_and_distinct():
 
 
 def test_number_formats():
-    assert fmt.human(106_816) == "107K" and fmt.human(None) == "—"
+    assert fmt.human(106_816) == "107K" and fmt.human(None) == "—" and fmt.human(math.inf) == "∞"
     assert fmt.num(0.0453) == "0.0453" and fmt.num(math.nan) == "—" and fmt.num(-9e-5) == "-9.000e-05"
-    assert fmt.ci(1.0, 2.0) == "[1, 2]" and fmt.ci(None, 2.0) == ""
     assert fmt.sort_value(0.5) == "0.5" and fmt.sort_value(None) == ""
 
 
-def test_a_fit_group_fit_serves_each_member_family_with_its_verdict():
-    """A fit of a fit group (`family` lists its members) matches rows of each member family; its verdict and
-    diagnostics reach the row and the record; the nominal-bits fit wins over an equally specific effective one."""
-    diag = {"residual_sd": 0.8, "curvature": {"p_value": 0.004}, "loo_rms": 0.7, "reasons": ["residual SD 0.80 > 0.25"]}
-    base = {"law": "unified", "family": "novels-probe,other", "schedule": "cosine", "eval": "vathek", "method": "rtn",
-            "bits": None, "params": json.dumps({"beta": 1.5}), "verdict": "does not fit",
-            "diagnostics": json.dumps(diag), "created_at": "2026-11-22"}
-    nominal = board_data.normalize_fit({**base, "key": "nom", "bits_axis": "nominal"})
-    effective = board_data.normalize_fit({**base, "key": "eff", "bits_axis": "effective"})
-    assert nominal["families"] == ["novels-probe", "other"] and nominal["diagnostics"]["curvature_p"] == 0.004
-    rows = leaderboard_rows(all_cells(), [effective, nominal], {})
-    row = next(r for r in rows if r["schedule"] == "cosine" and r["eval"] == "vathek" and r["bits"] == 4)
-    assert row["fit_key"] == "nom" and row["fit_verdict"] == "does not fit"
+@pytest.mark.parametrize("values, sig, shown", [
+    # Δloss from 9.7e-5 to 0.47: fixed decimals would need 6 places, so the whole column is scientific
+    ([0.4722, 9.693e-05, None, -5.35e-4], 3, ["4.72e-01", "9.69e-05", "—", "-5.35e-04"]),
+    # PPL ratios near 1: five significant digits of the smallest give five decimals, for every row
+    ([1.6036, 0.99947, 1.0001], 5, ["1.60360", "0.99947", "1.00010"]),
+    ([74.9, 18.72, 150.0], 3, ["74.9", "18.7", "150.0"]),
+    ([0.87, 1.2e-5], 2, ["8.7e-01", "1.2e-05"]),  # p-values over five decades
+    ([2.5e6, 3.0], 3, ["2.50e+06", "3.00e+00"]),
+    ([0.0, None], 3, ["0.00", "—"]),
+])
+def test_a_column_has_one_format(values, sig, shown):
+    f = fmt.column(values, sig)
+    assert [f(v) for v in values] == shown
+
+
+def test_an_interval_is_written_like_its_column():
+    sci, fixed = fmt.column([0.4722, 9.693e-05]), fmt.column([0.5370, 0.9939], 4)
+    assert sci.ci(-2.179e-06, 1.916e-04) == "[-2.18e-06, 1.92e-04]" and sci.signed(0.083) == "+8.30e-02"
+    assert fixed.ci(0.5298, 0.544) == "[0.5298, 0.5440]" and fixed.ci(None, 1.0) == ""
+
+
+def test_a_commit_with_uncommitted_changes_says_so():
+    sha = "21d6043da25dcf885b2c2824bc400d397d25490d"
+    assert fmt.commit(sha) == "21d6043da25d" and fmt.commit(None) == "—"
+    assert fmt.commit(sha + "+dirty") == "21d6043da25d (uncommitted changes)"
+
+
+def test_a_fit_group_fit_serves_each_member_family(fits):
+    """A fit of a fit group (`family` lists its members) matches rows of each member family; the nominal-bits fit
+    wins over an equally specific effective one."""
+    nominal = {**_fit(fits, "unified"), "key": "nom", "family": "novels-probe,other"}
+    effective = {**_fit(fits, "unified", axis="effective"), "key": "eff", "family": "novels-probe,other"}
+    assert fit_view.families(nominal) == ["novels-probe", "other"]
+    other = [{**c, "family": "other"} for c in all_cells() if c["family"] == "novels-probe"]
+    rows = leaderboard_rows(all_cells() + other, [effective, nominal], {})
+    picked = {(r["family"], r["fit_key"]) for r in rows if r["schedule"] == "cosine" and r["eval"] == "vathek"}
+    assert picked == {("novels-probe", "nom"), ("other", "nom")}
+    assert fit_view.diagnostics(nominal)["curvature_p"] == nominal["diagnostics"]["curvature"]["p_value"]
 
 
 def test_which_checkpoint_on_the_same_tokens_is_decided_paired():

@@ -89,8 +89,8 @@ def test_fits_table_replaces_rather_than_duplicates(tmp_path):
 
 
 def test_cli_fits_a_results_folder_and_the_board_can_draw_the_fit(tmp_path, capsys):
-    from qsens.board.data import read_fits
-    from qsens.board.laws import predict as board_predict
+    from qsens.board.data import load
+    from qsens.board.plots import fit_curve
     from qsens.store import ResultStore
 
     results = ResultStore(tmp_path)
@@ -100,11 +100,11 @@ def test_cli_fits_a_results_folder_and_the_board_can_draw_the_fit(tmp_path, caps
     assert qsens_main(["fit", "--results", str(tmp_path), "--bootstrap", "20"]) == 0
     out = capsys.readouterr().out
     assert "beta=" in out and "U-curve bottom" in out
-    fits = read_fits(tmp_path / "qsens.sqlite")
+    fits = load(tmp_path).fits
     # chinchilla, 3 ouyang, unified and kumar on each bits axis (nominal, effective)
     assert len({f["key"] for f in fits}) == len(fits) == 1 + 3 + 2 + 2
-    unified = next(f for f in fits if f["law"] == "unified" and f["raw"]["bits_axis"] == "nominal")
-    mean, low, high = board_predict(unified, np.array([1e5]), np.array([1e7]), 3)
+    unified = next(f for f in fits if f["law"] == "unified" and f["bits_axis"] == "nominal")
+    mean, low, high = fit_curve(unified, {"n_params": 1e5, "bits": 3}, np.array([100.0]))  # D = 1e7
     expected = S.unified(1e5, 1e7, 3, S.UNIFIED_TRUE)
     assert low[0] <= mean[0] <= high[0] and mean[0] == pytest.approx(expected, rel=0.1)
 
