@@ -9,7 +9,7 @@ import pytest
 import qsens.metrics.text
 import qsens.runner.worker
 from qsens.cli import main as cli_main
-from qsens.executors import run_suite
+from qsens.runner.loop import run_suite
 from qsens.runner.plan import plan_cells
 from qsens.store import ResultStore
 from qsens.suites.load import load_suite

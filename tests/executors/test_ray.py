@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsens.executors import run_suite
+from qsens.runner.loop import run_suite
 from qsens.store import ResultStore
 from qsens.store.cells import METRIC_COLUMNS
 from qsens.suites.load import load_suite
@@ -50,12 +50,12 @@ def _parent(pid: int) -> int:
 
 
 def _is_task(pid: int) -> bool:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_run_group")
+    return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_run_job")
 
 
 def _task_pids() -> list[int]:
     """Workers of the Ray instance this test started (descendants of this process) now running a qsens
-    checkpoint task: Ray titles them `ray::_run_group` while they run it. A child the worker forks carries the
+    checkpoint task: Ray titles them `ray::_run_job` while they run it. A child the worker forks carries the
     same title until it execs, so only the outermost such process counts."""
     pids = []
     for entry in Path("/proc").iterdir():
@@ -79,13 +79,13 @@ def _task_pids() -> list[int]:
 def test_a_worker_killed_mid_cell_loses_only_that_cell(suite_writer, tmp_path, ray_env, retries, monkeypatch):
     """SIGKILL the worker as soon as its first cell is stored: with a retry its unfinished cells are recomputed
     (and nothing finished is recomputed); without, they are marked failed. Every other cell is kept."""
-    import qsens.executors as executors
+    import qsens.runner.loop as loop
 
     # a longer eval text (about a second per cell) so that the kill, sent when the driver sees the first row,
     # lands while the worker is computing the next cell
     suite = load_suite(suite_writer(name="long", eval_words=12000))
     killed, log = [], []
-    real_store = executors.ResultStore
+    real_store = loop.ResultStore
 
     class KillingStore(real_store):
         def save(self, row):
@@ -97,7 +97,7 @@ def test_a_worker_killed_mid_cell_loses_only_that_cell(suite_writer, tmp_path, r
                     os.kill(pid, signal.SIGKILL)
                 killed.extend(pids or [None])
 
-    monkeypatch.setattr(executors, "ResultStore", KillingStore)
+    monkeypatch.setattr(loop, "ResultStore", KillingStore)
     # 2 CPUs per task on a 2-CPU instance: one checkpoint at a time, so the only task running is a's
     summary = run_suite(suite, tmp_path / "res", executor="ray", progress=False, retries=retries,
                         num_cpus_per_task=2, **ray_env)
