@@ -105,7 +105,7 @@ class CellsFailed(RuntimeError):
 
 
 def _run_suite(entry: SuiteEntry, base: Path, results_dirs: list[Path]) -> dict:
-    from qsens.executors import run_suite
+    from qsens.runner.loop import run_suite
     from qsens.suites.load import load_suite
 
     suite = load_suite(base / entry.suite)

@@ -1,16 +1,20 @@
 """End to end: suite -> checkpoints -> RTN -> metrics -> store, on a tiny family the tests train themselves."""
 
 import gzip
+import io
 import textwrap
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 import qsens.metrics.text
+import qsens.runner.plan
 import qsens.runner.worker
 from qsens.cli import main as cli_main
-from qsens.executors import run_suite
+from qsens.runner.loop import run_suite
 from qsens.runner.plan import plan_cells
+from qsens.runner.summary import print_summary
 from qsens.store import ResultStore
 from qsens.suites.load import load_suite
 
@@ -62,6 +66,16 @@ def test_run_stores_every_cell_with_sane_numbers(suite_file, tmp_path, monkeypat
         assert 0 < eight["kl_mean"] < two["kl_mean"] and eight["top1_agree"] > two["top1_agree"]
         assert none["status"] == "failed" and "no Linear layer left" in none["error"]
         assert two["torch_version"] and two["device"].startswith("cpu") and two["backend"] == "torch"
+
+    def no_replanning(*a, **k):
+        raise AssertionError("the summary planned the suite again (re-hashing every checkpoint)")
+
+    monkeypatch.setattr(qsens.runner.plan, "checkpoint_fingerprint", no_replanning)
+    out = io.StringIO()
+    print_summary(suite, ResultStore(tmp_path / "res"), summary, Console(file=out, width=220))
+    text = out.getvalue()
+    assert all(ck.name in text for ck in suite.checkpoints)
+    assert f"{3 * n_ckpt} cells planned: 0 already done (skipped), {2 * n_ckpt} computed, {n_ckpt} failed" in text
 
 
 def test_rerun_computes_nothing_and_a_changed_protocol_is_new(suite_file, tmp_path):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from qsens.executors import run_suite
+from qsens.runner.loop import run_suite
 from qsens.families.loading import resolve_device
 from qsens.metrics.scoring import score_reference
 from qsens.runner.checkpoint import LoadedCheckpoint

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from qsens.cli.validate import load_or_report
-    from qsens.executors import run_suite
+    from qsens.runner.loop import run_suite
     from qsens.runner.summary import print_summary
     from qsens.store import ResultStore
 

@@ -1,95 +1,77 @@
-"""Executors decide where checkpoints run; the driver alone writes to the store.
+"""Executors decide where and when jobs run, never what they compute (the runner plans, claims and records).
 
-`run_suite` is the whole loop: plan cells, skip the finished ones, claim the rest checkpoint by checkpoint (cells
-another live run has claimed are left to it: two runs on one results folder share the work), run, summarise.
+The contract between the runner (`qsens.runner.loop.run_suite`) and an executor's `launch(jobs, worker, callbacks,
+progress=True, title="qsens", **options)`:
+
+- a `Job` is one checkpoint's pending cells, computed together by one worker call (they share the checkpoint's
+  model and full-precision pass). Its cells are the runner's; an executor reads only each cell's `key` and `label`.
+- the worker is a picklable callable, `worker(job, started, finished)`: it computes every cell of `job` where it is
+  called, calls `started(row)` as a cell's computation begins and `finished(row)` once per cell with its final row
+  ('ok' or 'failed': a failing cell is a row, not an exception). An exception out of it means the job died.
+  Rows are dicts; an executor reads only `row["key"]` and `row["status"]`.
+- the callbacks (`Callbacks`) run in the launching process alone, which alone writes the store.
+
+An executor must not import the runner, suites, families or provenance: all it knows of the work is this module.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from qsens.runner.plan import Cell, identity_row, plan_cells
-from qsens.store import ResultStore
-from qsens.suites.load import Suite
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable
 
 EXECUTORS = ("local", "ray")
 
+Report = Callable[[dict], None]
 
-@dataclass
-class RunSummary:
-    planned: int
-    skipped: int
-    statuses: Counter = field(default_factory=Counter)
-    # cells left to another live run (key -> its owner), and cells finished by another run meanwhile
-    elsewhere: dict = field(default_factory=dict)
-    done_elsewhere: int = 0
+
+@dataclass(frozen=True)
+class Job:
+    """One checkpoint's pending cells. `label` names the job (the checkpoint); each cell has `key` (unique in the
+    run) and `label` (what a progress bar shows for it)."""
+
+    label: str
+    cells: tuple
+
+    def __len__(self) -> int:
+        return len(self.cells)
 
     @property
-    def failed(self) -> int:
-        return self.statuses["failed"]
+    def keys(self) -> tuple[str, ...]:
+        return tuple(c.key for c in self.cells)
 
-    @property
-    def computed(self) -> int:
-        return self.statuses["ok"]
-
-
-def group_by_checkpoint(cells: list[Cell]) -> list[list[Cell]]:
-    groups: dict = defaultdict(list)
-    for cell in cells:
-        groups[cell.checkpoint].append(cell)
-    return list(groups.values())
+    def only(self, keys: Iterable[str]) -> Job:
+        """The same job narrowed to the cells whose key is in `keys` (their order kept)."""
+        wanted = set(keys)
+        return replace(self, cells=tuple(c for c in self.cells if c.key in wanted))
 
 
-def write_resolved_suite(suite: Suite, results_dir: Path) -> None:
-    """The suite as it will run, saved before the run, so results always travel with their configuration."""
-    resolved = {
-        "suite_file": str(suite.path),
-        "spec": suite.spec.model_dump(mode="json"),
-        "checkpoints": [vars(c) for c in suite.checkpoints],
-        "quantizers": [q.model_dump(mode="json") | {"label": q.label()} for q in suite.quantizers],
-        "evals": [{"name": e.name, "path": str(e.path), "text_hash": e.text_hash,
-                   "protocol": e.protocol.model_dump(mode="json"), "protocol_hash": e.protocol.hash()}
-                  for e in suite.evals],
-    }
-    tmp = results_dir / "suite.resolved.json.tmp"
-    tmp.write_text(json.dumps(resolved, indent=2) + "\n")
-    tmp.replace(results_dir / "suite.resolved.json")
+@dataclass(frozen=True)
+class Callbacks:
+    """What an executor calls, in the launching process only.
+
+    claim(job) -> the part of `job` this run may compute (None: none of it), asked once per job before it is
+        handed to a worker; the other cells are finished or held by another live run.
+    started(row): a cell's computation begins (the runner marks it running).
+    finished(row): a cell's final row, 'ok' or 'failed' (the runner saves it and counts it in the summary).
+    lost(job, reason): the cells of `job` will not be computed, e.g. their worker died and the retries are spent
+        (the runner writes them as failed rows with `reason`).
+    """
+
+    claim: Callable[[Job], Job | None]
+    started: Report
+    finished: Report
+    lost: Callable[[Job, str], None]
 
 
-def run_suite(suite: Suite, results_dir: str | Path, executor: str = "local", progress: bool = True,
-              **executor_options) -> RunSummary:
-    store = ResultStore(results_dir)
-    write_resolved_suite(suite, store.dir)
-    cells = plan_cells(suite)
-    done = store.done_keys()
-    store.set_fit_groups({c.key: c.checkpoint.fit_group for c in cells if c.key in done})
-    todo = [c for c in cells if c.key not in done]
-    summary = RunSummary(planned=len(cells), skipped=len(cells) - len(todo))
+Worker = Callable[[Job, Report, Report], None]
+
+
+def launcher(executor: str) -> Callable[..., None]:
+    """The `launch` function of the executor named `executor` (one of EXECUTORS)."""
     if executor == "local":
-        from qsens.executors.local import run_local as run
+        from qsens.executors.local import launch
     elif executor == "ray":
-        from qsens.executors.ray import run_ray as run
+        from qsens.executors.ray import launch
     else:
         raise ValueError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
-
-    def record(row: dict) -> None:
-        if row["status"] == "running":
-            store.mark_running(row)
-        elif store.save(row):
-            summary.statuses[row["status"]] += 1
-
-    def claim(group: list[Cell]) -> list[Cell]:
-        claimed, elsewhere = store.claim([identity_row(c, suite.name) for c in group])
-        summary.elsewhere.update(elsewhere)
-        summary.done_elsewhere += len(group) - len(claimed) - len(elsewhere)
-        return [c for c in group if c.key in set(claimed)]
-
-    groups = group_by_checkpoint(todo)
-    if executor == "local":
-        run(suite, groups, record, progress=progress, claim=claim, **executor_options)
-    else:  # a distributed executor gets its work up front: claim it all now
-        run(suite, [g for g in map(claim, groups) if g], record, progress=progress, **executor_options)
-    return summary
+    return launch

@@ -1,10 +1,10 @@
-"""Run checkpoints as Ray tasks, one task per checkpoint, on a local or an existing Ray cluster.
+"""Run jobs as Ray tasks, one task per job (one checkpoint's cells), on a local or an existing Ray cluster.
 
 One task per checkpoint, so its full-precision pass is shared by all of its cells (one per cell would
-recompute it for every quantizer). Rows stream back to the driver through a small Ray actor as each cell starts
-and ends, and the driver alone writes them to the store. A worker that dies mid-cell (killed, out of memory,
-node lost) loses only the cell in flight: the driver resubmits the checkpoint's cells that have no final
-row yet, up to `retries` times, then marks them failed with the reason.
+recompute it for every quantizer). Rows stream back to the launching process through a small Ray actor as each
+cell starts and ends, and are handed to the callbacks there. A worker that dies mid-cell (killed, out of memory,
+node lost) loses only the cell in flight: the job's cells that have no final row yet are resubmitted, up to
+`retries` times, then handed to `callbacks.lost` with the reason.
 
 Ray is an optional extra: `pip install qsens[ray]`.
 """
@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
 
 from tqdm.auto import tqdm
 
-from qsens.runner.plan import Cell, identity_row
-from qsens.suites.load import Suite
+from qsens.executors import Callbacks, Job, Worker
 
 _POLL_SECONDS = 0.2
 
@@ -32,22 +30,22 @@ def _import_ray():
 
 
 class _Inbox:
-    """Rows sent by the tasks, kept in the order each task sent them (a synchronous actor runs one caller's
-    calls in order), until the driver takes them."""
+    """(kind, row) pairs sent by the tasks, kind 'started' or 'finished', kept in the order each task sent them
+    (a synchronous actor runs one caller's calls in order), until the driver takes them."""
 
     def __init__(self):
-        self.rows: list[dict] = []
+        self.rows: list[tuple[str, dict]] = []
 
-    def put(self, row: dict) -> None:
-        self.rows.append(row)
+    def put(self, kind: str, row: dict) -> None:
+        self.rows.append((kind, row))
 
-    def take(self) -> list[dict]:
+    def take(self) -> list[tuple[str, dict]]:
         rows, self.rows = self.rows, []
         return rows
 
 
-def _run_group(suite: Suite, cells: list[Cell], inbox, threads: int) -> int:
-    """Task body (runs on a worker): compute one checkpoint's cells, sending each row to `inbox` as it is made.
+def _run_job(worker: Worker, job: Job, inbox, threads: int) -> int:
+    """Task body (runs on a Ray worker): `worker(job, ...)`, sending each row to `inbox` as it is made.
 
     Rows are sent without waiting (a task blocked in `ray.get` lends its CPUs to other tasks, which would start
     more checkpoints than the node has slots); the task waits for them all only before it returns, so the
@@ -56,15 +54,10 @@ def _run_group(suite: Suite, cells: list[Cell], inbox, threads: int) -> int:
     import ray
     import torch
 
-    from qsens.families.loading import resolve_device
-    from qsens.provenance import provenance
-    from qsens.runner.worker import run_checkpoint
-
     torch.set_num_threads(max(1, threads))  # the task's CPU share, not the whole node
-    device = resolve_device(suite.spec.device)
     sent = []
-    run_checkpoint(suite, cells[0].checkpoint, cells, device, lambda row: sent.append(inbox.put.remote(row)),
-                   provenance(device))
+    worker(job, lambda row: sent.append(inbox.put.remote("started", row)),
+           lambda row: sent.append(inbox.put.remote("finished", row)))
     ray.get(sent)
     return os.getpid()
 
@@ -89,57 +82,60 @@ def _gpus_per_task(ray, requested: float | None) -> float:
 
 
 class _Driver:
-    """Submit one task per checkpoint, record streamed rows, resubmit what a dead worker left unfinished."""
+    """Submit one task per job, hand streamed rows to the callbacks, resubmit what a dead worker left unfinished."""
 
-    def __init__(self, ray, suite: Suite, record: Callable[[dict], None], bar, options: dict):
-        self.ray, self.suite, self.record, self.bar = ray, suite, record, bar
+    def __init__(self, ray, worker: Worker, callbacks: Callbacks, bar, options: dict):
+        self.ray, self.worker, self.callbacks, self.bar = ray, worker, callbacks, bar
         self.retries = options["retries"]
         self.inbox = ray.remote(num_cpus=0)(_Inbox).remote()  # holds no CPU a checkpoint task could use
-        self.remote = ray.remote(_run_group).options(
+        self.remote = ray.remote(_run_job).options(
             num_cpus=options["num_cpus_per_task"], num_gpus=options["num_gpus_per_task"], max_retries=0)
         self.threads = max(1, int(options["num_cpus_per_task"]))
         self.finished: set[str] = set()
-        self.running_rows: dict[str, dict] = {}
-        self.pending: dict = {}  # object ref -> (cells, attempt)
+        self.labels: dict[str, str] = {}
+        self.pending: dict = {}  # object ref -> (job, attempt)
 
-    def submit(self, cells: list[Cell], attempt: int) -> None:
-        ref = self.remote.remote(self.suite, cells, self.inbox, self.threads)
-        self.pending[ref] = (cells, attempt)
+    def submit(self, job: Job, attempt: int) -> None:
+        self.labels.update((c.key, c.label) for c in job.cells)
+        ref = self.remote.remote(self.worker, job, self.inbox, self.threads)
+        self.pending[ref] = (job, attempt)
 
     def drain(self) -> None:
-        for row in self.ray.get(self.inbox.take.remote()):
-            self.take(row)
+        for kind, row in self.ray.get(self.inbox.take.remote()):
+            self.take(kind, row)
 
-    def take(self, row: dict) -> None:
+    def take(self, kind: str, row: dict) -> None:
         if row["key"] in self.finished:  # a late duplicate from a task that was written off
             return
-        self.record(row)
-        if row["status"] == "running":
-            self.running_rows[row["key"]] = row
+        if kind == "started":
+            self.callbacks.started(row)
             return
-        self.finished.add(row["key"])
-        self.bar.set_postfix_str(f"{row['checkpoint']} {row['quantizer']} {row['eval']}: {row['status']}")
+        self.callbacks.finished(row)
+        self.done(row["key"], row["status"])
+
+    def done(self, key: str, status: str) -> None:
+        self.finished.add(key)
+        self.bar.set_postfix_str(f"{self.labels[key]}: {status}")
         self.bar.update(1)
 
     def settle(self, ref) -> None:
-        """A task ended: the rows it sent are in the inbox; resubmit or fail what it left unfinished."""
-        cells, attempt = self.pending.pop(ref)
+        """A task ended: the rows it sent are in the inbox; resubmit or give up what it left unfinished."""
+        job, attempt = self.pending.pop(ref)
         self.drain()
         try:
             self.ray.get(ref)
             return
         except Exception as exc:  # noqa: BLE001 - worker death, node loss, OOM kill: all handled alike
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        left = [c for c in cells if c.key not in self.finished]
+        left = job.only(k for k in job.keys if k not in self.finished)
         if not left:
             return
         if attempt <= self.retries:
             self.submit(left, attempt + 1)
             return
-        for cell in left:
-            base = self.running_rows.get(cell.key) or {**identity_row(cell, self.suite.name), "seed": self.suite.spec.seed}
-            self.take({**base, "status": "failed", "finished_at": None,
-                       "error": f"worker lost after {attempt} attempt(s): {error}"[:4000]})
+        self.callbacks.lost(left, f"worker lost after {attempt} attempt(s): {error}")
+        for key in left.keys:
+            self.done(key, "failed")
 
     def run(self) -> None:
         while self.pending:
@@ -150,25 +146,26 @@ class _Driver:
         self.drain()
 
 
-def run_ray(suite: Suite, groups: list[list[Cell]], record: Callable[[dict], None], progress: bool = True,
-            address: str | None = None, num_gpus_per_task: float | None = None, num_cpus_per_task: float = 1,
-            retries: int = 1, temp_dir: str | None = None, num_cpus: int | None = None) -> None:
-    """Compute `groups` (one list of cells per checkpoint) as Ray tasks; `record` each row in the driver.
+def launch(jobs: list[Job], worker: Worker, callbacks: Callbacks, progress: bool = True, title: str = "qsens",
+           address: str | None = None, num_gpus_per_task: float | None = None, num_cpus_per_task: float = 1,
+           retries: int = 1, temp_dir: str | None = None, num_cpus: int | None = None) -> None:
+    """Run `jobs` as Ray tasks, all claimed up front (the cluster gets its work at once).
 
     num_gpus_per_task: default 1 when the cluster has GPUs, else 0 (CPU only).
-    retries: how many times the unfinished cells of a checkpoint whose worker died are resubmitted.
+    retries: how many times the unfinished cells of a job whose worker died are resubmitted.
     temp_dir, num_cpus: only for a local instance started here (tests keep Ray's files in a temporary dir).
     """
-    if not groups:
+    jobs = [job for job in map(callbacks.claim, jobs) if job]
+    if not jobs:
         return
     ray = connect(address, temp_dir=temp_dir, num_cpus=num_cpus)
     options = {"retries": retries, "num_cpus_per_task": num_cpus_per_task,
                "num_gpus_per_task": _gpus_per_task(ray, num_gpus_per_task)}
-    total = sum(len(g) for g in groups)
-    with tqdm(total=total, desc=f"qsens {suite.name} (ray)", unit="cell", disable=not progress) as bar:
-        driver = _Driver(ray, suite, record, bar, options)
-        for group in groups:
-            driver.submit(group, attempt=1)
+    total = sum(len(job) for job in jobs)
+    with tqdm(total=total, desc=f"{title} (ray)", unit="cell", disable=not progress) as bar:
+        driver = _Driver(ray, worker, callbacks, bar, options)
+        for job in jobs:
+            driver.submit(job, attempt=1)
         started = time.perf_counter()
         driver.run()
         bar.set_postfix_str(f"done in {time.perf_counter() - started:.0f}s")

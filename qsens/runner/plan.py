@@ -22,6 +22,11 @@ class Cell:
     settings: QuantSettings
     eval: EvalText
 
+    @property
+    def label(self) -> str:
+        """checkpoint, quantizer and eval, as a person reads them (progress bars)."""
+        return f"{self.checkpoint.name} {self.settings.label()} {self.eval.name}"
+
 
 def plan_cells(suite: Suite) -> list[Cell]:
     """Every (checkpoint x quantizer x eval) cell of the suite, keyed by its full configuration."""

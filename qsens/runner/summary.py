@@ -9,16 +9,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qsens.runner.plan import plan_cells
+from qsens.runner.loop import RunSummary
 from qsens.store import ResultStore
 from qsens.suites.load import Suite
 
 
-def print_summary(suite: Suite, store: ResultStore, summary, console: Console | None = None) -> None:
-    """Names and errors come from suites, manifests and the hub: data, escaped, never read as console markup."""
+def print_summary(suite: Suite, store: ResultStore, summary: RunSummary, console: Console | None = None) -> None:
+    """The run's cells (`summary.planned_keys`) as a table, then its counts and first failures.
+
+    Names and errors come from suites, manifests and the hub: data, escaped, never read as console markup."""
     # Piped or logged output gets a wide table rather than rich's 80-column default, which truncates labels.
     console = console or (Console() if sys.stdout.isatty() else Console(width=220))
-    keys = {c.key for c in plan_cells(suite)}
+    keys = set(summary.planned_keys)
     cells = [c for c in store.cells() if c["key"] in keys]
     quantizers = [q.label() for q in suite.quantizers]
     rows: dict[tuple, dict] = defaultdict(dict)
@@ -42,8 +44,8 @@ def print_summary(suite: Suite, store: ResultStore, summary, console: Console | 
         f"{summary.planned} cells planned: {summary.skipped} already done (skipped), "
         f"{summary.computed} computed, {summary.failed} failed. Results: {store.path}"
     ))
-    elsewhere = getattr(summary, "elsewhere", {})
-    if elsewhere or getattr(summary, "done_elsewhere", 0):
+    elsewhere = summary.elsewhere
+    if elsewhere or summary.done_elsewhere:
         owners = ", ".join(sorted(set(elsewhere.values())))
         console.print(escape(f"{len(elsewhere)} cells left to another live run on this results folder ({owners}); "
                              f"{summary.done_elsewhere} finished by another run meanwhile. Run again after it ends "

@@ -1,7 +1,8 @@
 """Compute one checkpoint's cells: quantize settings while their models may stay resident, score each resident
 group against one full-precision pass per eval, and hand every row to the caller as it starts and ends.
 
-A failing cell becomes a 'failed' row with its error, and the others go on.
+A failing cell becomes a 'failed' row with its error, and the others go on. `CheckpointWorker` is this, as the
+worker an executor runs per job (see `qsens.executors`).
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ import gc
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from qsens.errors import error_text
+from qsens.executors import Job, Report
 from qsens.families.checkpoint import Checkpoint
+from qsens.families.loading import resolve_device
 from qsens.metrics.compare import encode_window_sums
 from qsens.metrics.paired import sensitivity_metrics, window_sums
 from qsens.metrics.resources import measured
 from qsens.metrics.scoring import score_together
+from qsens.provenance import provenance as provenance_of
 from qsens.provenance import utc_now
 from qsens.quantizers.base import QuantResult, QuantSettings
 from qsens.runner.checkpoint import LoadedCheckpoint
@@ -61,9 +64,23 @@ class _Quantized:
     outcome: dict
 
 
+@dataclass(frozen=True)
+class CheckpointWorker:
+    """The runner's worker: `worker(job, started, finished)` computes one job (one checkpoint's cells, `Cell`s) on
+    the suite's device of the machine it runs on, with that machine's provenance. Picklable: Ray ships it."""
+
+    suite: Suite
+
+    def __call__(self, job: Job, started: Report, finished: Report) -> None:
+        device = resolve_device(self.suite.spec.device)
+        cells = list(job.cells)
+        run_checkpoint(self.suite, cells[0].checkpoint, cells, device, started, finished, provenance_of(device))
+
+
 def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: torch.device,
-                   emit: Callable[[dict], None], provenance: dict) -> None:
-    """Compute `cells` (all of checkpoint `ckpt`); emit a running row as each starts and a final row as each ends.
+                   started: Report, finished: Report, provenance: dict) -> None:
+    """Compute `cells` (all of checkpoint `ckpt`); `started(row)` as each starts (identity, provenance,
+    started_at), `finished(row)` with its final row, 'ok' or 'failed', as each ends.
 
     Quantized models stay resident while memory allows (`LoadedCheckpoint.room_for_another`); each such group is
     scored against one full-precision pass per eval (`score_together`), so no fp logits are stored. A group's
@@ -71,9 +88,9 @@ def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: to
     """
     base = {**provenance, "seed": suite.spec.seed}
 
-    def finish(cell: Cell, started: float, **fields) -> None:
-        emit({**identity_row(cell, suite.name), **base, **fields, "seconds": time.perf_counter() - started,
-              "finished_at": utc_now()})
+    def finish(cell: Cell, since: float, **fields) -> None:
+        finished({**identity_row(cell, suite.name), **base, **fields, "seconds": time.perf_counter() - since,
+                  "finished_at": utc_now()})
 
     t0 = time.perf_counter()
     try:
@@ -89,7 +106,7 @@ def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: to
     try:
         while queue:
             with measured(device) as usage:
-                group = _quantize_group(state, queue, finish, emit, suite.name, base)
+                group = _quantize_group(state, queue, finish, started, suite.name, base)
                 scored = _score_all(state, group, suite)
             for g in group:
                 for cell in g.cells:
@@ -109,14 +126,15 @@ def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: to
         state.close()
 
 
-def _quantize_group(state: LoadedCheckpoint, queue: list, finish, emit, suite_name: str, base: dict) -> list[_Quantized]:
+def _quantize_group(state: LoadedCheckpoint, queue: list, finish, started: Report, suite_name: str,
+                    base: dict) -> list[_Quantized]:
     """Quantize settings off the front of `queue` while their models may stay resident; failures finish here."""
     group: list[_Quantized] = []
     while queue and state.room_for_another(len(group)):
         settings, cells = queue.pop(0)
         started_at, t_q = utc_now(), time.perf_counter()
         for cell in cells:
-            emit({**identity_row(cell, suite_name), **base, "status": "running", "started_at": started_at})
+            started({**identity_row(cell, suite_name), **base, "started_at": started_at})
         try:
             result = state.quantize(settings)
         except Exception as exc:  # noqa: BLE001

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from qsens.cli import main as cli_main
-from qsens.executors import run_suite
+from qsens.runner.loop import run_suite
 from qsens.store import ResultStore
 from qsens.suites.load import load_suite
 

@@ -1,16 +1,21 @@
-"""The Ray executor: the same numbers as the local one, and a worker killed mid-cell loses only that cell.
+"""The Ray executor: the same numbers as the local one, and a worker killed mid-cell loses only that cell (a
+worker dying right after its first stored row gets back only the rest of its job, or those are failed with why).
 
 Runs a local Ray instance on 2 CPUs with its files in a temporary dir (RAY_AUTH_MODE=disabled).
 """
 
+import dataclasses
+import json
 import os
 import signal
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from qsens.executors import run_suite
+from qsens.runner.loop import run_suite
 from qsens.store import ResultStore
 from qsens.store.cells import METRIC_COLUMNS
 from qsens.suites.load import load_suite
@@ -50,12 +55,12 @@ def _parent(pid: int) -> int:
 
 
 def _is_task(pid: int) -> bool:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_run_group")
+    return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_run_job")
 
 
 def _task_pids() -> list[int]:
     """Workers of the Ray instance this test started (descendants of this process) now running a qsens
-    checkpoint task: Ray titles them `ray::_run_group` while they run it. A child the worker forks carries the
+    checkpoint task: Ray titles them `ray::_run_job` while they run it. A child the worker forks carries the
     same title until it execs, so only the outermost such process counts."""
     pids = []
     for entry in Path("/proc").iterdir():
@@ -79,13 +84,13 @@ def _task_pids() -> list[int]:
 def test_a_worker_killed_mid_cell_loses_only_that_cell(suite_writer, tmp_path, ray_env, retries, monkeypatch):
     """SIGKILL the worker as soon as its first cell is stored: with a retry its unfinished cells are recomputed
     (and nothing finished is recomputed); without, they are marked failed. Every other cell is kept."""
-    import qsens.executors as executors
+    import qsens.runner.loop as loop
 
     # a longer eval text (about a second per cell) so that the kill, sent when the driver sees the first row,
     # lands while the worker is computing the next cell
     suite = load_suite(suite_writer(name="long", eval_words=12000))
     killed, log = [], []
-    real_store = executors.ResultStore
+    real_store = loop.ResultStore
 
     class KillingStore(real_store):
         def save(self, row):
@@ -97,7 +102,7 @@ def test_a_worker_killed_mid_cell_loses_only_that_cell(suite_writer, tmp_path, r
                     os.kill(pid, signal.SIGKILL)
                 killed.extend(pids or [None])
 
-    monkeypatch.setattr(executors, "ResultStore", KillingStore)
+    monkeypatch.setattr(loop, "ResultStore", KillingStore)
     # 2 CPUs per task on a 2-CPU instance: one checkpoint at a time, so the only task running is a's
     summary = run_suite(suite, tmp_path / "res", executor="ray", progress=False, retries=retries,
                         num_cpus_per_task=2, **ray_env)
@@ -120,3 +125,58 @@ def test_a_worker_killed_mid_cell_loses_only_that_cell(suite_writer, tmp_path, r
     assert all(c["status"] == "ok" for c in cells if c["checkpoint"] == "b")
     print(f"\nray worker kill (retries={retries}): {len(done_before)} ok before, {summary.computed} computed in all, "
           f"{len(lost)} lost (failed), {sum(c['attempts'] > 1 for c in cells)} re-run")
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_worker_dead_after_its_first_row_is_resubmitted_with_only_the_rest(tiny_suite, tmp_path, ray_env, retries,
+                                                                               monkeypatch):
+    """Checkpoint a's worker dies (os._exit) once its first final row is in the store: the job comes back with only
+    the cells that have no final row (retries=1), or those are written as failed with the reason (retries=0)."""
+    import qsens.runner.loop as loop
+    from qsens.runner.worker import CheckpointWorker
+
+    results, calls = tmp_path / "res", tmp_path / "calls.jsonl"
+
+    @dataclasses.dataclass(frozen=True)
+    class DiesOnce(CheckpointWorker):  # defined here, so Ray ships it by value
+        results: str = ""
+        calls: str = ""
+
+        def __call__(self, job, started, finished):
+            first = job.label == "a" and not Path(self.calls).exists()
+            with open(self.calls, "a") as f:
+                f.write(json.dumps([job.label, list(job.keys)]) + "\n")
+            if not first:
+                return super().__call__(job, started, finished)
+
+            def finished_then_die(row):
+                finished(row)
+                for _ in range(600):  # until the driver has stored it
+                    con = sqlite3.connect(f"file:{self.results}/qsens.sqlite?mode=ro", uri=True, timeout=30)
+                    stored = con.execute("SELECT status FROM cells WHERE key = ?", (row["key"],)).fetchone()
+                    con.close()
+                    if stored and stored[0] == "ok":
+                        break
+                    time.sleep(0.1)
+                os._exit(1)
+
+            super().__call__(job, started, finished_then_die)
+
+    monkeypatch.setattr(loop, "CheckpointWorker", lambda suite: DiesOnce(suite, str(results), str(calls)))
+    summary = run_suite(load_suite(tiny_suite), results, executor="ray", progress=False, retries=retries, **ray_env)
+    cells = {c["key"]: c for c in ResultStore(results).cells()}
+    a_calls = [keys for label, keys in map(json.loads, calls.read_text().splitlines()) if label == "a"]
+    first_ok = next(k for k in a_calls[0] if cells[k]["status"] == "ok" and cells[k]["attempts"] == 1)
+    rest = [k for k in a_calls[0] if k != first_ok]
+    assert len(a_calls[0]) == 3 and len(rest) == 2
+    assert all(c["status"] == "ok" for c in cells.values() if c["checkpoint"] == "b")
+    if retries:
+        assert a_calls[1:] == [rest]  # resubmitted once, without the finished cell
+        assert summary.computed == 6 and summary.failed == 0
+        assert all(cells[k]["status"] == "ok" and cells[k]["attempts"] == 2 for k in rest)
+    else:
+        assert a_calls[1:] == []
+        assert summary.computed == 4 and summary.failed == 2
+        for k in rest:  # started before the death: the failed row keeps that start
+            assert cells[k]["status"] == "failed" and cells[k]["started_at"] is not None
+            assert cells[k]["error"].startswith("worker lost after 1 attempt(s): ")

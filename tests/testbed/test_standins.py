@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from safetensors import safe_open
 
-from qsens.executors import run_suite
+from qsens.runner.loop import run_suite
 from qsens.testbed.standins import REPO, SHAPES, build_standin, non_embedding_params
 from qsens.store import ResultStore
 from qsens.suites.load import load_suite
