@@ -46,7 +46,7 @@ def schedule_sd(cells: list[dict], ev: str, boot: int) -> None:
             fits[g.schedule] = (x, universe)
     (xa, u), (xb, _) = fits["cosine"], fits["wsd"]
     a = fit_law(UNIFIED, xa, n_boot=boot, seed=0, universe=u, loo=False)
-    j = UNIFIED.params.index("beta")
+    j = UNIFIED.params.index(UNIFIED.d_exponent)
     for label, seed_b in (("paired", 0), ("independent", 12345)):
         b = fit_law(UNIFIED, xb, n_boot=boot, seed=seed_b, universe=u, loo=False)
         da, db = paired_draws(a, b)

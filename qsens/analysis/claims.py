@@ -18,6 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qsens.fit.laws import DELTA_LAWS, LAWS
+
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 OUYANG_GAMMA = 5.4967  # Ouyang et al. 2024 (arXiv 2411.17691), unified law's bit-width exponent
 OUYANG_BETA = 0.5251
@@ -119,7 +121,7 @@ def verdicts(fits: list[dict]) -> Claim:
         return Claim("verdicts", "**Fit diagnostics**: the stored fits carry no diagnostics (fitted by a qsens "
                      "without them); run `qsens fit` before reading the fitted laws.", True, {})
     parts, numbers = [], {}
-    for law in ("ouyang", "unified", "kumar", "chinchilla"):
+    for law in LAWS:
         rows = [f for f in ok if f["law"] == law]
         if not rows:
             continue
@@ -185,7 +187,7 @@ def gamma(fits: list[dict], ev: str) -> Claim:
 
 def laws_table(fits: list[dict], ev: str) -> str:
     """Markdown: each law's D, N and bits exponents and verdict per schedule (nominal bits), beside the papers."""
-    names = {"unified": ("beta", "alpha", "gamma"), "kumar": ("gamma_D", "gamma_N", "gamma_post")}
+    names = {law.name: (law.d_exponent, law.n_exponent, law.bits_exponent) for law in DELTA_LAWS if law.pooled_bits}
     head = ("| law | schedule | verdict | D exponent | N exponent | bits | resid SD | LOO rms |\n"
             + "|---" * 8 + "|")
     rows = []

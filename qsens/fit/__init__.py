@@ -1,6 +1,7 @@
 """Scaling-law fits of quantization degradation against pretraining tokens D and parameters N.
 
-    laws.py      the law forms (Ouyang per-bit and unified, Kumar δ_PTQ, Chinchilla fp loss) and closed-form D*
+    laws.py      the laws, one `Law` subclass each (Ouyang per-bit and unified, Kumar δ_PTQ, Chinchilla fp loss:
+                 formula, parameters, exponents, design or log-prediction, bounds), and closed-form D*
     fitting.py   robust log-space least squares, paired bootstrap over (N, D) units, leave-one-out on the largest D
     groups.py    which cells are fitted together (fit groups, bits axes); exclusion by evidence
     diagnostics.py  does the law fit: residual SD, curvature in D, local exponents, LOO error; the verdict
@@ -29,7 +30,7 @@ def predict(fit_row: dict, n, d, bits):
     params = json.loads(params) if isinstance(params, str) else params
     if law is None or law.target != "delta" or not params:
         return None
-    if bits is None and law.name != "ouyang":
+    if bits is None and law.pooled_bits:  # P is an input of the law
         return None
     theta = np.array([params[p]["value"] for p in law.params], dtype=float)
     mean = predict_delta(law, theta, n, d, bits)

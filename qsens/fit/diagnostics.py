@@ -12,7 +12,7 @@ Every fit gets (`diagnose`):
                     one doubling of D in the shipped family); a law with a D exponent β has them all near β
     loo_rms         RMS log error at the largest D of each size when that checkpoint is left out
                     (fitting.loo_largest_d), overall and per size
-    at_bounds       parameters that ended at a bound (fitting.param_bounds): the fit is then degenerate
+    at_bounds       parameters that ended at a bound (Law.bounds): the fit is then degenerate
 
 Verdict ("fits", "does not fit", "degenerate", or "unchecked" when the points are too few for a diagnostic),
 with the reasons, from thresholds fixed here:

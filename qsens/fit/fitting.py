@@ -2,9 +2,10 @@
 
 Every law is fitted on log y with `scipy.optimize.least_squares(loss="soft_l1")`: residuals are log-ratios, so a
 point counts by its relative error, and the soft-L1 loss (quadratic below `f_scale`, linear above) keeps one
-odd checkpoint from dragging the exponents. The log-linear laws start from their ordinary least-squares solution,
-the Chinchilla form from a small grid of starts (Hoffmann et al. 2022 also fit from a grid); both are
-deterministic.
+odd checkpoint from dragging the exponents. Each law gives its own deterministic starts (`Law.starts`: the
+ordinary least-squares solution of a log-linear law, a small grid for the Chinchilla form) and bounds
+(`Law.bounds`); a fit whose parameter ends at a bound is not a fit of the law but of its boundary: diagnostics
+report it as degenerate.
 
 Uncertainty: `n_boot` refits on checkpoints resampled with replacement (all points of a checkpoint, i.e. every bit
 width measured on it, move together), with *expanded* percentile intervals: plain percentile intervals are too
@@ -18,42 +19,27 @@ silently fitted; with fewer than p + 3 checkpoints no interval is given (NaN), s
 Inputs are sorted canonically first, so a fit does not depend on the order of its rows.
 
 Measured coverage (tests/fit/test_recovery.py; 1,500 seeded synthetic data sets per law, 5 sizes × 8 budgets,
-100 refits): the 95% intervals hold the true value in 92-94.5% of trials for every parameter of every law.
-A studentized bootstrap (bootstrap-t with the sandwich errors of `standard_errors`) reached 93.5-95.5% there,
-but on the shipped micro family (18 checkpoints a schedule, residuals that are not the law's noise) resamples
-with near-exact fits gave |t*| up to 1e14 and intervals like [−5.6e14, 1.3e14] for a D exponent, and NaN for
-Chinchilla's b; the percentile intervals stay finite and sensible there, so they are what qsens reports.
+100 refits): the 95% intervals hold the true value in 92-94.5% of trials for every parameter of every law. Why
+these intervals and not another method: docs/fit-methods.md.
 
 Paired draws: a bootstrap draws units from a *universe* (by default the fit's own units; the pipeline passes every
 unit of the fit group and eval, see groups.py), and draw i of every fit that shares the universe and the seed picks
 the same units. A unit a fit excluded (e.g. an 8-bit cell whose interval includes 0) contributes nothing to that fit
 when picked, so the pairing survives exclusion. Draws that cannot identify the fit are skipped; `draw_ids` says
 which draw each kept refit is, and paired statistics intersect them.
-
-Bounds of the nonlinear Chinchilla form (`param_bounds`): the exponents a, b in [0, 2] (published values lie in
-0.07-0.8: Kaplan et al. 2020, Hoffmann et al. 2022, Besiroglu et al. 2024), and the irreducible loss E between an
-entropy floor and the smallest loss observed. The floor is ENTROPY_FLOOR_BITS_PER_BYTE bits per byte of the scored
-text (converted with its measured bytes per token), below every estimate of the entropy of English (Shannon 1951:
-0.6-1.3 bits/character) and below the lowest bits/byte any language model reaches on English benchmark text
-(~0.3 on WikiText); without byte counts it is 1e-3 nats/token. A fit whose parameter ends at a bound is not a fit
-of the law but of its boundary: diagnostics report it as degenerate.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
 from scipy.optimize import least_squares
 
-from qsens.fit.laws import Law, Points, design, fixed_params
+from qsens.fit.laws import Law, Points
 
 F_SCALE = {"delta": 0.1, "fp": 0.02}  # soft-L1 knee in log units: ~10% on Δloss, ~2% on the fp loss
-ENTROPY_FLOOR_BITS_PER_BYTE = 0.2  # lower bound of the irreducible loss E (module doc)
-E_FLOOR_WITHOUT_BYTES = 1e-3  # nats/token, when the cells carry no byte counts
-EXPONENT_RANGE = (0.0, 2.0)  # Chinchilla's a and b (module doc)
 
 
 def interval_percentiles(confidence: float, n_units: int, n_free: int) -> tuple[float, float]:
@@ -223,7 +209,7 @@ def check_identifiable(law: Law, x: Points, fixed: dict[str, float]) -> None:
         raise FitError(f"too few points for the {law.name} law: " + ", ".join(short))
     if law.linear:
         cols = [i for i, p in enumerate(law.params) if p not in fixed]
-        if np.linalg.matrix_rank(design(law, x)[:, cols]) < len(cols):
+        if np.linalg.matrix_rank(law.design(x)[:, cols]) < len(cols):
             raise FitError(f"the {law.name} law is not identifiable from these points (collinear N, D, P)")
 
 
@@ -232,45 +218,12 @@ def _expand(law: Law, free: np.ndarray, fixed: dict[str, float]) -> np.ndarray:
     return np.array([fixed[p] if p in fixed else next(it) for p in law.params], dtype=float)
 
 
-def _starts(law: Law, x: Points, fixed: dict[str, float]) -> list[np.ndarray]:
-    """Initial free parameters: the OLS solution (log-linear laws) or a grid (Chinchilla)."""
-    free_idx = [i for i, p in enumerate(law.params) if p not in fixed]
-    if law.linear:
-        X = design(law, x)
-        offset = X @ _expand(law, np.zeros(len(free_idx)), fixed)
-        sol, *_ = np.linalg.lstsq(X[:, free_idx], np.log(x.y) - offset, rcond=None)
-        return [sol]
-    y_min, y_mean = float(x.y.min()), float(x.y.mean())
-    starts = []
-    for e_frac, a, b in itertools.product((0.5, 0.9), (0.3, 0.7), (0.3, 0.7)):
-        e = e_frac * y_min  # clipped into the bounds by fit_theta
-        a = fixed.get("a", a)
-        log_a = np.log((y_mean - e) / 2) + a * np.median(np.log(x.n))
-        log_b = np.log((y_mean - e) / 2) + b * np.median(np.log(x.d))
-        full = dict(zip(law.params, (np.log(e), log_a, a, log_b, b)))
-        starts.append(np.array([full[law.params[i]] for i in free_idx]))
-    return starts
-
-
-def param_bounds(law: Law, x: Points, fixed: dict[str, float], e_floor: float | None = None
-                 ) -> dict[str, tuple[float, float]]:
-    """{free parameter: (low, high)} of the Chinchilla form (module doc); {} for the log-linear laws.
-    e_floor: the entropy floor of E in nats/token (None: E_FLOOR_WITHOUT_BYTES)."""
-    if law.linear:
-        return {}
-    floor = e_floor if e_floor and e_floor > 0 else E_FLOOR_WITHOUT_BYTES
-    ceiling = max(float(x.y.min()), floor * (1 + 1e-6))
-    out = {"log_E": (float(np.log(floor)), float(np.log(ceiling))), "a": EXPONENT_RANGE, "b": EXPONENT_RANGE,
-           "log_A": (-np.inf, np.inf), "log_B": (-np.inf, np.inf)}
-    return {p: out[p] for p in law.params if p not in fixed}
-
-
 def fit_theta(law: Law, x: Points, fixed: dict[str, float], starts: list[np.ndarray] | None = None,
               e_floor: float | None = None) -> np.ndarray:
     """Robust least squares on log y; returns theta of shape (len(law.params),)."""
     log_y = np.log(x.y)
     free_names = [p for p in law.params if p not in fixed]
-    box = param_bounds(law, x, fixed, e_floor)
+    box = law.bounds(x, fixed, e_floor)
     bounds = ([box.get(p, (-np.inf, np.inf))[0] for p in free_names],
               [box.get(p, (-np.inf, np.inf))[1] for p in free_names])
 
@@ -283,7 +236,7 @@ def fit_theta(law: Law, x: Points, fixed: dict[str, float], starts: list[np.ndar
         return law.log_jacobian(_expand(law, free, fixed), x)[:, free_idx]
 
     best = None
-    for x0 in starts or _starts(law, x, fixed):
+    for x0 in starts or law.starts(x, fixed):
         x0 = np.clip(x0, np.array(bounds[0]) + 1e-9, np.array(bounds[1]) - 1e-9)
         sol = least_squares(residual, x0, jac=jacobian, bounds=bounds, loss="soft_l1", f_scale=F_SCALE[law.target],
                             x_scale="jac", method="trf")
@@ -351,15 +304,15 @@ def loo_largest_d(law: Law, x: Points, fixed: dict[str, float], e_floor: float |
 def fit_law(law: Law, x: Points, n_boot: int = 1000, seed: int = 0, loo: bool = True,
             confidence: float = 0.95, universe: np.ndarray | None = None, e_floor: float | None = None) -> FitResult:
     """Fit law to x (y > 0) with bootstrap CIs and LOO errors. Raises FitError when x is too small.
-    universe: the bootstrap units to draw from (module doc); e_floor: Chinchilla's entropy floor (param_bounds)."""
+    universe: the bootstrap units to draw from (module doc); e_floor: the entropy floor of E (Law.bounds)."""
     if np.any(~np.isfinite(x.y)) or np.any(x.y <= 0):
         raise ValueError("fit_law needs finite, positive y; exclude the other points first")
     x = canonical(x)
-    fixed = fixed_params(law, x)
+    fixed = law.fixed_params(x)
     check_identifiable(law, x, fixed)
     theta = fit_theta(law, x, fixed, None, e_floor)
     r2, resid = r_squared(law, theta, x)
     draws, failed, ids = bootstrap(law, x, fixed, theta, n_boot, seed, universe, e_floor)
     return FitResult(law, theta, draws, fixed, r2, resid, x, loo_largest_d(law, x, fixed, e_floor) if loo else [],
                      failed, confidence, jackknife(law, x, fixed, theta, e_floor) if n_boot else None,
-                     standard_errors(law, theta, x, fixed, x.cluster), ids, param_bounds(law, x, fixed, e_floor))
+                     standard_errors(law, theta, x, fixed, x.cluster), ids, law.bounds(x, fixed, e_floor))

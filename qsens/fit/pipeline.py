@@ -16,8 +16,8 @@ import numpy as np
 
 from qsens.fit import groups
 from qsens.fit.diagnostics import diagnose
-from qsens.fit.fitting import ENTROPY_FLOOR_BITS_PER_BYTE, FitError, FitResult, fit_law
-from qsens.fit.laws import CHINCHILLA, DELTA_LAWS, Law, d_star
+from qsens.fit.fitting import FitError, FitResult, fit_law
+from qsens.fit.laws import CHINCHILLA, DELTA_LAWS, ENTROPY_FLOOR_BITS_PER_BYTE, Law, d_star
 
 MAX_STORED_DRAWS = 200  # bootstrap refits kept with a fit, for the board's bands
 
@@ -53,7 +53,7 @@ def family_seed(seed: int, group: groups.GroupKey) -> int:
 
 
 def entropy_floor(cells: list[dict]) -> float | None:
-    """Chinchilla's lower bound on E in nats/token (fitting.param_bounds): the floor in bits/byte times the scored
+    """Chinchilla's lower bound on E in nats/token (laws.Chinchilla.bounds): the floor in bits/byte times the scored
     text's bytes per token; None when the cells carry no byte counts."""
     ratios = [c["n_bytes"] / c["n_tokens"] for c in cells if c.get("n_bytes") and c.get("n_tokens")]
     return ENTROPY_FLOOR_BITS_PER_BYTE * float(np.log(2)) * float(np.median(ratios)) if ratios else None
@@ -165,10 +165,6 @@ def fit_cells(cells: list[dict], metric: str = "delta_loss", n_boot: int = 1000,
     return out
 
 
-def d_exponent(law: Law) -> str:
-    return "gamma_D" if law.name == "kumar" else "beta"
-
-
 COMPARED = ("law", "metric", "fit_group", "eval", "method", "group_size", "settings", "bits", "bits_axis")
 
 
@@ -187,7 +183,7 @@ def compare_schedules(fits: list[Fitted]) -> list[dict]:
             ra, rb = a.record, b.record
             if not all(ra[k] == rb[k] for k in COMPARED) or ra["schedule"] == rb["schedule"]:
                 continue
-            name = d_exponent(a.result.law)
+            name = a.result.law.d_exponent
             j = a.result.law.params.index(name)
             both_ok = a.result.interval_ok() and b.result.interval_ok()
             da, db = paired_draws(a.result, b.result) if both_ok else (np.empty((0, 1)), np.empty((0, 1)))

@@ -41,7 +41,7 @@ def _group(r: dict) -> str:
 
 def axis_label(r: dict) -> str:
     """'P = nominal bits' / 'P = effective bits/weight' for pooled fits, '' where P is not an input."""
-    if r.get("law") in ("unified", "kumar"):
+    if r.get("law") in LAWS and LAWS[r["law"]].pooled_bits:
         return "P=eff" if r.get("bits_axis") == "effective" else "P=nom"
     return ""
 

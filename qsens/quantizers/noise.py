@@ -2,12 +2,14 @@
 
 Springer et al. 2025 ("Overtrained Language Models Are Harder to Fine-Tune", arXiv 2503.19206) show that the
 loss increase caused by a fixed Gaussian perturbation of the weights grows with pretraining tokens
-("progressive sensitivity"), the same trend quantization shows. Their perturbation, as we read it, is
-theta + gamma * eps with eps drawn from the model's initialization distribution (to re-check against the
-paper's Sec. 3: only its abstract was reachable when this was written); `reference: init_std` gives that
-scaling with the checkpoint's `config.initializer_range` (the std HF Llama/GPT-NeoX initialize Linears with).
-The default, `reference: tensor_std`, scales to each weight matrix's own std instead, which needs no knowledge
-of how the model was initialized and keeps the perturbation relative as weights grow during training:
+("progressive sensitivity"), the same trend quantization shows. What is assumed of their perturbation: only
+the paper's abstract was available when this module was written, and its Sec. 3 has not been read, so the
+form theta + gamma * eps, with eps drawn from the model's initialization distribution, is a reading of the
+paper, not a quotation. `reference: init_std` implements that reading: the noise std is magnitude times the
+checkpoint's `config.initializer_range` (the std HF Llama/GPT-NeoX initialize Linears with). It is not claimed
+to reproduce the paper's numbers. The default, `reference: tensor_std`, depends on no such reading: it scales
+the noise to each weight matrix's own std, which needs no knowledge of how the model was initialized and keeps
+the perturbation relative as weights grow during training:
 
     W' = W + magnitude * std(W) * Z,   Z ~ N(0, I) independent per element
 

@@ -11,7 +11,7 @@ import fit_synthetic as S
 from fit_coverage import case_points
 from qsens.fit.fitting import canonical, fit_law, standard_errors
 from qsens.fit.groups import to_points
-from qsens.fit.laws import KUMAR, OUYANG, UNIFIED, design
+from qsens.fit.laws import KUMAR, OUYANG, UNIFIED
 
 
 @pytest.mark.parametrize("law, generator, truth, bits", [(UNIFIED, S.unified, S.UNIFIED_TRUE, S.BITS),
@@ -24,7 +24,7 @@ def test_sandwich_errors_match_statsmodels_cluster_robust_least_squares(law, gen
     cells = S.make_cells(generator, truth, seed=11, noise=1e-4, bits=bits)
     points = canonical(to_points(cells, "delta_loss")[0])
     clusters = np.unique(points.cluster, return_inverse=True)[1]
-    ols = sm.OLS(np.log(points.y), design(law, points)).fit(cov_type="cluster", cov_kwds={"groups": clusters})
+    ols = sm.OLS(np.log(points.y), law.design(points)).fit(cov_type="cluster", cov_kwds={"groups": clusters})
     ours = standard_errors(law, ols.params, points, {}, points.cluster)
     np.testing.assert_allclose(ours, ols.bse, rtol=1e-5)
 
