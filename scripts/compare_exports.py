@@ -13,7 +13,7 @@ import sys
 
 RUN_FIELDS = {"seconds", "quant_seconds", "started_at", "finished_at", "claimed_at", "owner", "git_commit",
               "peak_memory_bytes", "peak_rss_bytes", "peak_gpu_bytes", "temp_disk_bytes", "hostname", "attempts",
-              "qsens_version"}
+              "qsens_version", "location"}  # location: the checkout the checkpoint was read from (the key hashes its files)
 
 
 def main(before_path: str, after_path: str) -> int:

@@ -48,6 +48,16 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int) -> None:
+    """Labels, title, grid and legend of a plot; then write it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(_safe(title))
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=legend_size)
+    _save(fig, path)
+
+
 def _series(cells: list[dict]) -> dict[tuple, list[dict]]:
     """Cells by (schedule, N), each list sorted by D."""
     out: dict[tuple, list[dict]] = defaultdict(list)
@@ -92,12 +102,7 @@ def delta_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> s
         notes += _draw_fit(ax, fits, group[0], n, x, color)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("D/N (training tokens per parameter)")
-    ax.set_ylabel("Δloss (nats/token)")
-    ax.set_title(_safe(title))
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7)
-    _save(fig, path)
+    _finish(fig, ax, path, "D/N (training tokens per parameter)", "Δloss (nats/token)", title, legend_size=7)
     if clipped:
         notes.append(f"{clipped} point(s) with Δloss ≤ 0 drawn as ▽ on the bottom edge")
     return "; ".join(notes)
@@ -170,12 +175,7 @@ def ucurve_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> 
             flat.append(text)
     ax.set_xscale("log")
     _token_ticks(ax.xaxis)
-    ax.set_xlabel("D (training tokens)")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(_safe(title))
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=6)
-    _save(fig, path)
+    _finish(fig, ax, path, "D (training tokens)", "loss (nats/token)", title, legend_size=6)
     if flat:
         notes.append(f"no D* fit and no interior minimum of the quantized loss for {', '.join(flat)}")
     return "; ".join(notes)
