@@ -174,3 +174,28 @@ def check_tree(tree, where: str = "") -> list[tuple[str, str]]:
             problems.append((at, f"must be a string, number, boolean, list or mapping (got YAML type "
                                  f"{type(value).__name__})"))
     return sorted(problems)
+
+
+class DocumentError(ValueError):
+    """A document that cannot be read or does not fit its schema; the message lists every problem as
+    `file: key.path: what`, under the line `file: invalid <what the document is>`."""
+
+    def __init__(self, path: Path, what: str, problems: list[tuple[str, str]]):
+        self.path, self.problems = Path(path), list(problems)
+        lines = [f"{path}: {where or '<top>'}: {message}" for where, message in self.problems]
+        super().__init__(f"{path}: invalid {what}\n  " + "\n  ".join(lines))
+
+
+def read_model(path: Path, model, what: str):
+    """A YAML document read with `read_checked` and validated by the pydantic `model` (unknown keys are errors
+    where the model forbids them). Raises DocumentError naming `what` the document is."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(read_checked(Path(path)))
+    except InputError as exc:
+        raise DocumentError(path, what, exc.problems) from None
+    except ValidationError as exc:
+        raise DocumentError(path, what, [(".".join(map(str, e["loc"])), "unknown key" if e["type"] == "extra_forbidden"
+                                          else e["msg"]) for e in exc.errors()]) from None
+

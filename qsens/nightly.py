@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from qsens.errors import error_text
 from qsens.provenance import utc_now
@@ -59,17 +59,14 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | Path) -> NightlyConfig:
+    """The config, read like a suite (size cap, UTF-8, duplicate keys and 64-bit integers are errors) and strictly
+    typed; raises ConfigError listing every problem."""
     from qsens import documents
 
-    path = Path(path)
-    try:  # read like a suite: size cap, UTF-8, duplicate keys and 64-bit integers are errors
-        return NightlyConfig.model_validate(documents.read_checked(path))
-    except documents.InputError as exc:
-        raise ConfigError(f"{path}: invalid nightly config\n  " + "\n  ".join(
-            f"{path}: {w or '<top>'}: {m}" for w, m in exc.problems)) from None
-    except ValidationError as exc:
-        lines = [f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{path}: invalid nightly config\n  " + "\n  ".join(lines)) from None
+    try:
+        return documents.read_model(Path(path), NightlyConfig, "nightly config")
+    except documents.DocumentError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass

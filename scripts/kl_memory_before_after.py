@@ -9,11 +9,10 @@ Prints one JSON line per T: peak RSS above the loaded models (MB), temp disk (MB
 two designs' per-token KL differ. QSENS_KL_IN_MEMORY_BYTES=0 makes the old design use its temp file, as it does
 for any eval above 2 GB of logits.
 """
-import importlib.util, json, os, sys, time, tempfile
+import importlib.util, json, os, sys, time
 os.environ["QSENS_KL_IN_MEMORY_BYTES"] = "0"   # old design: temp file, as at real T (>2 GB)
 import torch
 torch.set_num_threads(1)
-from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from qsens.metrics.resources import measured, peak_rss_bytes, reset_peak_rss
 from qsens.metrics.scoring import score_together

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -118,15 +118,8 @@ class LadderSpec(_Strict):
 
 
 def load_ladder_spec(path: str | Path) -> LadderSpec:
+    """The family spec, read like a suite and strictly typed; raises qsens.documents.DocumentError (a ValueError)
+    listing every problem."""
     from qsens import documents
 
-    path = Path(path)
-    try:  # read like a suite: size cap, UTF-8, duplicate keys and 64-bit integers are errors
-        return LadderSpec.model_validate(documents.read_checked(path))
-    except documents.InputError as exc:
-        raise ValueError("invalid family spec\n  " + "\n  ".join(f"{path}: {w or '<top>'}: {m}"
-                                                                   for w, m in exc.problems)) from None
-    except ValidationError as exc:
-        lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or '<top>'}: "
-                 f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}" for e in exc.errors()]
-        raise ValueError("invalid family spec\n  " + "\n  ".join(lines)) from None
+    return documents.read_model(Path(path), LadderSpec, "family spec")

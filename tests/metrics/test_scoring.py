@@ -8,7 +8,7 @@ import torch
 from scipy.special import log_softmax
 
 from qsens.metrics.resources import peak_rss_bytes, reset_peak_rss
-from qsens.metrics.scoring import score_quantized, score_reference, score_together
+from qsens.metrics.scoring import score_quantized, score_together
 from qsens.metrics.windows import build_eval_tokens
 from qsens.metrics.protocol import Protocol
 
