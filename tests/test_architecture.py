@@ -88,3 +88,10 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
     with pytest.raises(AssertionError, match=r"metrics/bad.py:2: metrics \(layer 1\) imports runner \(layer 4\)"):
         test_no_import_reaches_up_or_across()
+
+
+def test_every_folder_of_modules_is_a_package():
+    """setuptools' find_packages (pyproject.toml) installs only folders with an __init__.py."""
+    missing = sorted(str(f.relative_to(PACKAGE.parent)) for f in {p.parent for p in PACKAGE.rglob("*.py")}
+                     if not (f / "__init__.py").is_file())
+    assert not missing, f"add an __init__.py (with a docstring saying what the package holds) to {missing}"
