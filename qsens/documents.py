@@ -134,6 +134,29 @@ def _join(where: str, part) -> str:
     return f"{where}[{part}]" if isinstance(part, int) else (f"{where}.{part}" if where else str(part))
 
 
+def _loc(parts: tuple) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def pydantic_problems(exc, prefix: str = "") -> list[tuple[str, str]]:
+    """A pydantic ValidationError as (key path, what) problems: `quantizers[2].bits`, 'unknown key' for a key the
+    model forbids, the offending value where it is a scalar. `prefix`: the path of the validated part."""
+    problems = []
+    for err in exc.errors():
+        where = _loc(tuple(err["loc"]))
+        where = f"{prefix}.{where}" if prefix and where else (prefix or where)
+        what = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            what = "unknown key"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
+            what += f" (got {short(err['input'])})"
+        problems.append((where, what))
+    return problems
+
+
 def read_checked(path: Path, max_bytes: int = MAX_BYTES, fmt: str = "yaml"):
     """A YAML (or JSON) file as plain data that passed `check_tree`: size cap, UTF-8, no duplicate keys, 64-bit
     integers, finite floats. Raises InputError with every problem."""
@@ -196,6 +219,4 @@ def read_model(path: Path, model, what: str):
     except InputError as exc:
         raise DocumentError(path, what, exc.problems) from None
     except ValidationError as exc:
-        raise DocumentError(path, what, [(".".join(map(str, e["loc"])), "unknown key" if e["type"] == "extra_forbidden"
-                                          else e["msg"]) for e in exc.errors()]) from None
-
+        raise DocumentError(path, what, pydantic_problems(exc)) from None

@@ -10,7 +10,6 @@ hollow down-triangles on the bottom edge, and the caption counts them.
 
 from __future__ import annotations
 
-import traceback
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from qsens.board import fits as fit_view
 from qsens.board.fmt import human, num
 from qsens.board.model import match_fit, slug
+from qsens.errors import error_text
 from qsens.fit import predict
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
@@ -216,7 +216,7 @@ def _attempt(kind: str, title: str, rel: str, site: Path, draw) -> dict:
         return {"kind": kind, "title": title, "file": rel, "caption": caption, "error": None}
     except Exception as exc:  # noqa: BLE001 - one bad plot must not cost the whole site
         return {"kind": kind, "title": title, "file": None, "caption": "",
-                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
+                "error": error_text(exc)}
 
 
 def family_plots(family, cells: list[dict], fits: list[dict], site: Path) -> list[dict]:

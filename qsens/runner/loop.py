@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qsens.errors import MAX_ERROR_CHARS
 from qsens.executors import Callbacks, Job, launcher
 from qsens.runner.plan import Cell, identity_row, plan_cells
 from qsens.runner.worker import CheckpointWorker
@@ -94,7 +95,7 @@ class _Recorder:
     def lost(self, job: Job, reason: str) -> None:
         for cell in job.cells:
             base = self.running.get(cell.key) or {**identity_row(cell, self.suite.name), "seed": self.suite.spec.seed}
-            self.finished({**base, "status": "failed", "finished_at": None, "error": reason[:4000]})
+            self.finished({**base, "status": "failed", "finished_at": None, "error": reason[:MAX_ERROR_CHARS]})
 
     def callbacks(self) -> Callbacks:
         return Callbacks(claim=self.claim, started=self.started, finished=self.finished, lost=self.lost)

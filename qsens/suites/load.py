@@ -24,7 +24,7 @@ from qsens.quantizers.base import QuantSettings
 from qsens import documents
 from qsens.suites import files
 from qsens.suites.config import EvalSpec, FamilySpec, SuiteSpec, step_of
-from qsens.documents import INT64_MAX, InputError, short
+from qsens.documents import INT64_MAX, InputError, pydantic_problems, short
 from qsens.metrics.protocol import Protocol
 
 # Quantizer keys whose YAML value is a list by nature; a list anywhere else is a sweep.
@@ -66,27 +66,6 @@ class Suite:
     @property
     def name(self) -> str:
         return self.spec.name
-
-
-def _loc(parts: tuple) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    problems = []
-    for err in exc.errors():
-        where = _loc(tuple(err["loc"]))
-        where = f"{prefix}.{where}" if prefix and where else (prefix or where)
-        what = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            what = "unknown key"
-        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
-            what += f" (got {short(err['input'])})"
-        problems.append((where, what))
-    return problems
 
 
 def _sweeps(entry: dict) -> dict:
@@ -145,7 +124,7 @@ def _quantizers(spec: SuiteSpec) -> tuple[list[QuantSettings], list[tuple[str, s
         try:  # through JSON, strictly: a YAML "4" is not 4 and "yes" is not a boolean
             settings.append(classes[i].model_validate_json(json.dumps(entry), strict=True))
         except ValidationError as exc:
-            problems += _pydantic_problems(exc, f"quantizers[{i}]")
+            problems += pydantic_problems(exc, f"quantizers[{i}]")
     dup = sorted(label for label, n in Counter(s.label() for s in settings).items() if n > 1)
     if dup:
         problems.append(("quantizers", f"the same setting appears twice: {short(dup, 200)}"))
@@ -161,7 +140,7 @@ def _manifest_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list
     except InputError as exc:
         return [], [(f"{where}.manifest", f"{path}: {w or '<top>'}: {m}") for w, m in exc.problems]
     except ValidationError as exc:
-        return [], [(f"{where}.manifest", f"{path}: {w or '<top>'}: {m}") for w, m in _pydantic_problems(exc)]
+        return [], [(f"{where}.manifest", f"{path}: {w or '<top>'}: {m}") for w, m in pydantic_problems(exc)]
     sel = fam.select
     out = []
     for c in manifest.checkpoints:
@@ -217,7 +196,7 @@ def _eval_text(ev: EvalSpec, where: str, base: Path) -> tuple[EvalText | None, l
     try:
         protocol = ev.resolved_protocol()
     except ValidationError as exc:
-        return None, _pydantic_problems(exc, f"{where}.protocol")
+        return None, pydantic_problems(exc, f"{where}.protocol")
     return EvalText(ev.name, path, protocol, text_hash), []
 
 
@@ -277,7 +256,7 @@ def load_suite(path: str | Path) -> Suite:
     try:  # through JSON, strictly: a YAML "4" is not 4 and "yes" is not a boolean
         spec = SuiteSpec.model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as exc:
-        raise SuiteError(path, _pydantic_problems(exc)) from None
+        raise SuiteError(path, pydantic_problems(exc)) from None
     base = path.parent
     problems: list[tuple[str, str]] = _device_problems(spec)
     quantizers, q_problems = _quantizers(spec)
