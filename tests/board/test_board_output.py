@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import sqlite3
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -103,16 +103,17 @@ def test_fit_and_board_reruns_change_no_byte(tmp_path):
     assert _tree(site) == first  # same bytes, and the site was not even swapped (mtimes kept)
 
     cell = cells[0]
+    # a month ahead of the clock: the build time below can only be the data's, never the wall clock's
+    ahead = (datetime.now(timezone.utc) + timedelta(days=30)).replace(microsecond=0)
     ResultStore(results).save({**cell, "delta_loss": cell["delta_loss"] * 1.5,
-                               "finished_at": "2026-12-01T00:00:00+00:00"}, overwrite=True)
+                               "finished_at": ahead.isoformat()}, overwrite=True)
     assert cli_main(fit) == 0
     assert _tree(results) != db_after_first  # a real change is written
     build_board(results, site)
     changed = _tree(site)
     assert changed != first
-    # the data's newest time (the refit stamps its fits now, after the cell's 2026-12-01), never the clock
     built_at = datetime.fromisoformat(json.loads((site / "build.json").read_text())["built_at"])
-    assert built_at == _newest_stamp(results)
+    assert built_at == _newest_stamp(results) == ahead  # the data's newest time (the refit stamps its fits now)
 
 
 def test_a_site_renamed_away_by_a_killed_build_is_restored(small_results, tmp_path, no_plots):
