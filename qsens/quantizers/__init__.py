@@ -13,6 +13,9 @@ REGISTRY: dict[str, str] = {
     "gptq": "qsens.quantizers.gptq",
     "bnb": "qsens.quantizers.bnb",
     "noise": "qsens.quantizers.noise",
+    "gguf": "qsens.quantizers.ggml_types",
+    "cast": "qsens.quantizers.cast",
+    "prequantized": "qsens.quantizers.prequantized",
 }
 
 
