@@ -58,7 +58,9 @@ def test_run_stores_every_cell_with_sane_numbers(suite_file, tmp_path, monkeypat
         two, eight, none = by[(ck.name, 2)], by[(ck.name, 8)], by[(ck.name, 4)]
         assert two["tokens_digest"] == eight["tokens_digest"]  # the same token ids scored
         assert two["fp_loss"] == eight["fp_loss"]
-        assert two["delta_loss"] > eight["delta_loss"] >= -1e-3
+        # 8 bits is lossless to 1e-3 nats; 2 bits moves the loss further (0.0006 to 0.04 here). Not its sign: on some CPUs (AMD, no
+        # AVX-512) the briefly trained h32 model comes out where 2-bit RTN lowers the loss (-0.0052 [-0.0085, -0.0015]).
+        assert abs(eight["delta_loss"]) <= 1e-3 and abs(two["delta_loss"]) > abs(eight["delta_loss"])
         # 64 windows of 32 tokens: the block bootstrap's interval is honest about their correlation and may reach 0
         # for this tiny model, so only its consistency is asserted here (coverage: tests/metrics/test_blocks.py)
         assert two["delta_loss_ci_low"] <= two["delta_loss"] <= two["delta_loss_ci_high"]
