@@ -54,6 +54,12 @@ def main(args: argparse.Namespace) -> int:
     if args.readme is not None:
         print("qsens report: --readme needs --claims", file=sys.stderr)
         return 2
-    print(effect_markdown(read_cells(args.results)))
+    from qsens.analysis.layers_report import layers_markdown
+
+    cells = read_cells(args.results)
+    print(effect_markdown(cells))
+    layers = layers_markdown(cells)
+    if layers:
+        print("### Which layers break first\n\n" + layers)
     print(_fit_section(args.results))
     return 0
