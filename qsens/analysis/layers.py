@@ -11,9 +11,11 @@ per-window sums (`window_sums`, same `tokens_digest`), with the cells' own block
     additivity Σ_sets Δ(set) - Δ(whole) over a partition of the whole model's layers (the blocks, or the kinds):
                0 when layers do not interact; its interval excluding 0 says they do (> 0: damage of the parts
                alone adds up to more than the whole, < 0: less)
-    exponent   γ of Δ ∝ D^γ along a size's budgets: the OLS slope of log Δ on log D, its interval the wider of
-               the OLS t-interval (scatter about the power law) and the spread of slopes refitted on Δs drawn
-               within each cell's own interval (measurement noise); None when some Δ ≤ 0.
+    exponent   γ of Δ ∝ D^γ along a size's budgets whose Δ interval lies above 0: the OLS slope of log Δ on
+               log D, its interval the wider of the OLS t-interval (scatter about the power law) and the spread
+               of slopes refitted on Δs drawn within each cell's own interval (measurement noise); None with
+               fewer than three such budgets. (One training seed per checkpoint in the micro family: nothing to
+               resample over seeds.)
 """
 
 from __future__ import annotations
@@ -180,10 +182,12 @@ def growth_share(series: Series, layer_set: str) -> dict | None:
 
 
 def d_exponent(series: Series, layer_set: str, draws: int = 2000, seed: int = 0) -> dict | None:
-    """γ of Δ ∝ D^γ along the series' budgets for one set (see the module docstring); None with fewer than
-    three budgets, or when some Δ ≤ 0 (no power law through a non-positive damage)."""
-    rows = [(d, series.cells[d][layer_set]) for d in series.budgets if layer_set in series.cells[d]]
-    if len(rows) < 3 or any(c["delta_loss"] <= 0 for _, c in rows):
+    """γ of Δ ∝ D^γ along the series' budgets for one set (see the module docstring), over the budgets whose Δ
+    interval lies above 0 (a power law has no meaning through damage within noise of 0); None with fewer than
+    three such budgets. `points` says how many were used, `d_min` the smallest D among them."""
+    rows = [(d, series.cells[d][layer_set]) for d in series.budgets if layer_set in series.cells[d]
+            and (series.cells[d][layer_set].get("delta_loss_ci_low") or 0) > 0]
+    if len(rows) < 3:
         return None
     x = np.log([float(d) for d, _ in rows])
     y = np.array([c["delta_loss"] for _, c in rows])
@@ -203,6 +207,7 @@ def d_exponent(series: Series, layer_set: str, draws: int = 2000, seed: int = 0)
     else:
         lo, hi = -math.inf, math.inf  # Δ is within noise of 0 somewhere: the exponent is not resolved
     return {"estimate": float(fit.slope), "ci_low": float(lo), "ci_high": float(hi), "points": len(rows),
+            "d_min": rows[0][0],
             "ols_ci": (float(fit.slope - t * fit.stderr), float(fit.slope + t * fit.stderr)), "noise_ci": noise}
 
 
