@@ -249,10 +249,14 @@ def _device_problems(spec: SuiteSpec) -> list:
                        "allowed here: auto, cpu")]
 
 
-def _layer_sweeps(spec: SuiteSpec, checkpoints: list[Checkpoint], problems: list) -> tuple[SuiteSpec, dict, list]:
-    """`layers:` sweeps expanded into canonical sets (needs the checkpoints' structure, so only when present)."""
-    if not any(isinstance(q, dict) and "layers" in q for q in spec.quantizers) or problems:
+def _layer_sweeps(spec: SuiteSpec, checkpoints: list[Checkpoint]) -> tuple[SuiteSpec, dict, list]:
+    """`layers:` sweeps expanded into canonical sets (needs the checkpoints' structure, so only when present;
+    without a checkpoint, the families' own problems are the ones to report)."""
+    if not any(isinstance(q, dict) and "layers" in q for q in spec.quantizers):
         return spec, {}, []
+    if not checkpoints:
+        entries = [{k: v for k, v in q.items() if k != "layers"} if isinstance(q, dict) else q for q in spec.quantizers]
+        return spec.model_copy(update={"quantizers": entries}), {}, []
     from qsens.suites import layer_sweeps
 
     try:
@@ -280,7 +284,7 @@ def load_suite(path: str | Path) -> Suite:
         found, p = _family_checkpoints(fam, f"families[{i}]", base)
         checkpoints += found
         problems += p
-    spec, structures, l_problems = _layer_sweeps(spec, checkpoints, problems)
+    spec, structures, l_problems = _layer_sweeps(spec, checkpoints)
     problems += l_problems
     quantizers, q_problems = _quantizers(spec)
     problems += q_problems
