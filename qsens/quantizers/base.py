@@ -32,6 +32,8 @@ class QuantSettings(BaseModel):
     group_size_field: ClassVar[str | None] = "group_size"
     # Methods that need calibration text (GPTQ) say so, so a suite without it fails validation, not a cell.
     needs_calibration: ClassVar[bool] = False
+    # Whether `layers` (a layer set) can be honoured: the method quantizes exactly what `skip` leaves selected.
+    supports_layer_sets: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         """A method's own `label()` gets the layer set appended ('rtn-w3-g8-asym@block1'), so two sets of one

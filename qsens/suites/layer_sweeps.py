@@ -12,7 +12,7 @@ import fnmatch
 
 from qsens.families.checkpoint import Checkpoint
 from qsens.families.structure import linear_names
-from qsens.quantizers import layer_sets
+from qsens.quantizers import REGISTRY, layer_sets, method_module
 
 DEFAULT_SKIP = ("lm_head",)
 
@@ -34,6 +34,12 @@ def expand_entries(entries: list[dict], structures: dict) -> tuple[list[dict], l
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "layers" not in entry:
             out.append(entry)
+            continue
+        method = entry.get("method")
+        if method in REGISTRY and not method_module(method).Settings.supports_layer_sets:
+            problems.append((f"quantizers[{i}].layers", f"{method} cannot quantize a layer set (it quantizes "
+                                                         "whole decoder blocks); use rtn, bnb or noise"))
+            out.append({k: v for k, v in entry.items() if k != "layers"})
             continue
         skip = entry.get("skip", DEFAULT_SKIP)
         skip = tuple(skip) if isinstance(skip, list) and all(isinstance(p, str) for p in skip) else DEFAULT_SKIP

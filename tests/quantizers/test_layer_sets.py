@@ -124,3 +124,12 @@ def test_a_method_that_ignores_skip_is_caught():
     assert json.dumps(layer_sets.restricted(rtn.Settings(bits=3, layers="block:0"),
                                             ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"])[1]) == \
         '["model.layers.0.mlp.up_proj"]'
+
+
+def test_a_method_that_quantizes_whole_blocks_refuses_a_layer_set(tmp_path):
+    path = _suite(tmp_path, "each_block")
+    path.write_text(path.read_text().replace("{method: rtn, bits: 3, group_size: 8,", "{method: gptq, bits: 4,"))
+    with pytest.raises(SuiteError) as exc:
+        load_suite(path)
+    assert any(where == "quantizers[0].layers" and "gptq cannot quantize a layer set" in what
+               for where, what in exc.value.problems)
