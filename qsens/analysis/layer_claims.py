@@ -16,8 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from qsens.analysis.claims import Claim
-from qsens.analysis.layers import WHOLE, layer_series, summarize
-from qsens.analysis.layers_report import set_label
+from qsens.metrics.layer_stats import WHOLE, layer_series, set_label, summarize
 
 BEGIN, END = "<!-- layers:begin -->", "<!-- layers:end -->"
 

@@ -1,7 +1,7 @@
 """The board's layer-set plots (issue 23): per (family, size, quantizer, eval) a heat map of Δloss over layer sets
 × D, and per (family, quantizer, eval) the D exponent of each set with its interval, one colour per size.
 
-Statistics come from `qsens.analysis.layers`; drawing uses the board's matplotlib setup (`qsens.board.plots`).
+Statistics come from `qsens.metrics.layer_stats`; drawing uses the board's matplotlib setup (`qsens.board.plots`).
 Heat-map colour is log Δloss; a cell whose Δ ≤ 0 cannot be placed on a log scale and is drawn grey with '≤0';
 a dot marks a cell whose 95% interval excludes 0. Whole-model cells of a layer-swept quantizer appear as the
 heat map's first row, so the parts can be read against the whole.
@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsens.analysis.layers import WHOLE, Series, d_exponent, layer_series
-from qsens.analysis.layers_report import set_label
+from qsens.metrics.layer_stats import WHOLE, Series, d_exponent, layer_series, set_label
 from qsens.board.fmt import human
 from qsens.board.model import slug
 from qsens.board.plots import COLORS, _attempt, _pyplot, _safe, _save
@@ -100,7 +99,7 @@ def exponent_plot(group: list[Series], title: str, path: Path) -> str:
 
 
 def _set_rank(name: str) -> tuple:
-    from qsens.analysis.layers import set_order
+    from qsens.metrics.layer_stats import set_order
 
     return set_order(name)
 

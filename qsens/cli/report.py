@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     if args.readme is not None:
         print("qsens report: --readme needs --claims", file=sys.stderr)
         return 2
-    from qsens.analysis.layers_report import layers_markdown
+    from qsens.analysis.layers import layers_markdown
 
     cells = read_cells(args.results)
     print(effect_markdown(cells))

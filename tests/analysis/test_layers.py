@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from qsens.analysis.layers import WHOLE, additivity, layer_series, layer_set_of, partitions, share, summarize
-from qsens.analysis.layers_report import layers_markdown
+from qsens.analysis.layers import layers_markdown
+from qsens.metrics.layer_stats import WHOLE, additivity, layer_series, layer_set_of, partitions, share, summarize
 from qsens.metrics.compare import encode_window_sums
 from qsens.runner.loop import run_suite
 from qsens.store.cells import read_cells
