@@ -11,6 +11,11 @@ Figures:
     fp_passes         suite seconds / baseline seconds: the suite's cost in fp passes per checkpoint (all evals)
     goal_fp_passes    1 + 1.1 k, k = quantizer settings of the suite (issue 14's target for scoring; the suite's
                       wall also holds loading, quantizing, bootstrap intervals and store writes)
+    passes            the forwards the suite's scoring made, counted while it ran (`qsens.bench.passes`): fp and
+                      quantized passes (a pass = one model over one eval's windows), per checkpoint, and the
+                      seconds per fp pass and per quantized pass; with a layer sweep (`layers:`) each set is one
+                      quantized setting, so a checkpoint's sweep should cost one quantized pass per set and eval
+                      and one fp pass per eval per resident group (`QSENS_MAX_RESIDENT` models share one fp pass)
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from qsens.bench import passes as pass_counter
 from qsens.runner.loop import run_suite
 from qsens.families.loading import resolve_device
 from qsens.metrics.scoring import score_reference
@@ -95,14 +101,28 @@ def _run(suite: Suite | str | Path, limit_checkpoints: int | None, results_dir: 
         raise ValueError(f"results_dir {results_dir} is not empty: the benchmark needs a fresh results folder")
     with tempfile.TemporaryDirectory(prefix="qsens-bench-suite-") as tmp:
         folder = Path(results_dir or tmp)
-        t0 = time.perf_counter()
-        summary = run_suite(suite, folder, progress=False)
-        suite_seconds = time.perf_counter() - t0
+        with pass_counter.counting() as log:
+            t0 = time.perf_counter()
+            summary = run_suite(suite, folder, progress=False)
+            suite_seconds = time.perf_counter() - t0
         stored = ResultStore(folder).cells()
     statuses = Counter(c["status"] for c in stored)
     baseline = fp_baseline(suite, device)
     base_seconds = sum(b["seconds"] for b in baseline)
     k = len(suite.quantizers)
+    passes = log.summary()
+    per = passes["per_checkpoint"].values()
+    n_ev = len(suite.evals)
+    passes.update({
+        "layer_sets": sorted({q.layers or "all" for q in suite.quantizers}),
+        "fp_passes_per_checkpoint_eval": [min(p["fp_passes"] for p in per) / n_ev,
+                                          max(p["fp_passes"] for p in per) / n_ev] if per else None,
+        "quantized_passes_per_setting_eval": [min(p["q_passes"] for p in per) / (k * n_ev),
+                                              max(p["q_passes"] for p in per) / (k * n_ev)] if per else None,
+        "quantized_over_fp_pass_seconds": (passes["quantized_pass_seconds"] / passes["fp_pass_seconds"]
+                                           if passes["fp_pass_seconds"] and passes["quantized_pass_seconds"]
+                                           else None),
+    })
     return {
         "suite": str(suite.path), "suite_name": suite.name, "device": str(device), "machine": machine(),
         "threads": torch.get_num_threads(), "checkpoints": len(suite.checkpoints),
@@ -111,7 +131,34 @@ def _run(suite: Suite | str | Path, limit_checkpoints: int | None, results_dir: 
         "suite_seconds": suite_seconds, "cells_per_s": len(stored) / suite_seconds,
         "baseline": baseline, "baseline_seconds": base_seconds,
         "fp_passes": suite_seconds / base_seconds, "goal_fp_passes": 1 + 1.1 * k,
+        "passes": passes,
     }
+
+
+def _span(pair: list[float] | None) -> str:
+    if pair is None:
+        return "-"
+    lo, hi = pair
+    return f"{lo:g}" if lo == hi else f"{lo:g} to {hi:g}"
+
+
+def _pass_lines(r: dict) -> list[str]:
+    """The counted passes (`qsens.bench.passes`) as table rows."""
+    p = r["passes"]
+    sets = p["layer_sets"]
+    lines = [
+        f"| layer sets | {len(sets)} ({', '.join(sets) if len(sets) <= 12 else ', '.join(sets[:12]) + ', ...'}) |",
+        f"| scoring sweeps | {p['sweeps']} |",
+        f"| fp passes counted | {p['fp_passes']:g} ({_span(p['fp_passes_per_checkpoint_eval'])} per checkpoint "
+        "and eval) |",
+        f"| quantized passes counted | {p['quantized_passes']:g} ({_span(p['quantized_passes_per_setting_eval'])} "
+        "per setting, checkpoint and eval) |",
+    ]
+    if p["fp_pass_seconds"] is not None and p["quantized_pass_seconds"] is not None:
+        lines += [f"| seconds per pass, fp / quantized | {p['fp_pass_seconds']:.3f} / {p['quantized_pass_seconds']:.3f}"
+                  f" (quantized = {p['quantized_over_fp_pass_seconds']:.2f} fp; forwards only) |",
+                  f"| forwards' share of the suite wall | {p['forward_seconds'] / r['suite_seconds']:.2f} |"]
+    return lines
 
 
 def to_markdown(r: dict, command: str) -> str:
@@ -131,6 +178,7 @@ def to_markdown(r: dict, command: str) -> str:
         f"| fp pass, all checkpoints | {r['baseline_seconds']:.1f} s |",
         f"| suite cost, fp passes per checkpoint | {r['fp_passes']:.2f} "
         f"(goal ≤ 1 + 1.1·k = {r['goal_fp_passes']:.1f}) |",
+        *_pass_lines(r),
         f"| device, threads used | {r['device']}, {r['threads']} |",
         f"| machine | {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, OMP_NUM_THREADS "
         f"{m['omp_num_threads'] or 'unset'}, torch {m['torch']}, {m['platform']} |",

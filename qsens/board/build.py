@@ -34,6 +34,7 @@ from typing import Iterator
 from qsens.board import data as board_data
 from qsens.board import history as hist
 from qsens.board.model import site_model
+from qsens.board.layers import is_layer_cell, layer_plots
 from qsens.board.plots import family_plots
 from qsens.board.render import render_pages, write_data
 
@@ -175,7 +176,10 @@ def _build_into(tmp: Path, out: Path, data: board_data.BoardData, now: datetime)
     changes = hist.last_changes(trans)
     plots: dict = {}
     for family in sorted({c.get("family") for c in data.cells}, key=str):
-        plots[family] = family_plots(family, [c for c in data.cells if c.get("family") == family], data.fits, tmp)
+        cells = [c for c in data.cells if c.get("family") == family]
+        # layer-set cells get their own heat maps and exponent plots instead of one plot pair per set
+        plots[family] = family_plots(family, [c for c in cells if not is_layer_cell(c)], data.fits, tmp) + \
+            layer_plots(family, cells, tmp)
     site = site_model(data, changes, plots, hist.summary(snaps, trans, unreadable),
                       now.isoformat(timespec="seconds"))
     render_pages(site, tmp)

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--readme", type=Path, default=None,
                         help="with --claims: rewrite the block between the claims markers of this README")
     parser.add_argument("--eval", default="heldout-novels", help="with --claims: the eval the findings are about")
+    parser.add_argument("--layer-claims", action="store_true",
+                        help="print the per-layer findings block (qsens.analysis.layer_claims; with --readme: rewrite "
+                             "the block between the layers markers)")
 
 
 def _fit_section(results: str) -> str:
@@ -37,8 +40,15 @@ def main(args: argparse.Namespace) -> int:
     if not (Path(args.results) / DB_NAME).is_file():
         print(f"qsens report: no {DB_NAME} in {args.results}", file=sys.stderr)
         return 2
-    if args.claims:
-        from qsens.analysis.claims import claims_markdown, replace_block
+    if args.claims or args.layer_claims:
+        if args.claims and args.layer_claims:
+            print("qsens report: --claims and --layer-claims are two blocks; give one", file=sys.stderr)
+            return 2
+        if args.layer_claims:
+            from qsens.analysis.layer_claims import layer_claims_markdown as claims_markdown
+            from qsens.analysis.layer_claims import replace_block
+        else:
+            from qsens.analysis.claims import claims_markdown, replace_block
 
         block = claims_markdown(args.results, args.eval)
         if args.readme is None:
@@ -54,6 +64,12 @@ def main(args: argparse.Namespace) -> int:
     if args.readme is not None:
         print("qsens report: --readme needs --claims", file=sys.stderr)
         return 2
-    print(effect_markdown(read_cells(args.results)))
+    from qsens.analysis.layers import layers_markdown
+
+    cells = read_cells(args.results)
+    print(effect_markdown(cells))
+    layers = layers_markdown(cells)
+    if layers:
+        print("### Which layers break first\n\n" + layers)
     print(_fit_section(args.results))
     return 0

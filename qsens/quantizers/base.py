@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator, model_serializer
 
 
 class QuantSettings(BaseModel):
@@ -24,10 +24,39 @@ class QuantSettings(BaseModel):
     bits: int
     # Which modules are quantized: every nn.Linear whose qualified name matches none of `skip` (fnmatch).
     skip: tuple[str, ...] = ("lm_head",)
+    # Quantize only this layer set of the selected modules (qsens.quantizers.layer_sets): 'block:3',
+    # 'kind:mlp.down_proj', 'names:a,b'. None = all of them. Applied once for every method by
+    # layer_sets.quantize_selected; absent from the dump when None, so whole-model cell keys are unchanged.
+    layers: str | None = None
 
     group_size_field: ClassVar[str | None] = "group_size"
     # Methods that need calibration text (GPTQ) say so, so a suite without it fails validation, not a cell.
     needs_calibration: ClassVar[bool] = False
+    # Whether `layers` (a layer set) can be honoured: the method quantizes exactly what `skip` leaves selected.
+    supports_layer_sets: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        """A method's own `label()` gets the layer set appended ('rtn-w3-g8-asym@block1'), so two sets of one
+        method never share a label (the suite's duplicate check and every table key on it)."""
+        super().__init_subclass__(**kwargs)
+        if "label" in cls.__dict__:
+            cls.label = _with_layer_set(cls.__dict__["label"])
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_set(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from qsens.quantizers.layer_sets import check_canonical
+
+        return check_canonical(v)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        if isinstance(out, dict) and out.get("layers", 0) is None:
+            del out["layers"]
+        return out
 
     def label(self) -> str:
         """Short human label, e.g. 'rtn-w4-g32-asym'."""
@@ -36,6 +65,21 @@ class QuantSettings(BaseModel):
     def group_size_value(self) -> int | None:
         """The group size for the exported `group_size` column (-1 = per channel, None = not applicable)."""
         return getattr(self, self.group_size_field, None) if self.group_size_field else None
+
+
+def _with_layer_set(label: Callable[[QuantSettings], str]) -> Callable[[QuantSettings], str]:
+    def labelled(self: QuantSettings) -> str:
+        if self.layers is None:
+            return label(self)
+        from qsens.quantizers.layer_sets import short_label
+
+        return f"{label(self)}@{short_label(self.layers)}"
+
+    labelled.__doc__ = label.__doc__
+    return labelled
+
+
+QuantSettings.label = _with_layer_set(QuantSettings.label)  # methods that keep the base label
 
 
 @dataclass

@@ -18,6 +18,7 @@ from qsens.metrics.text import read_text
 from qsens.metrics.windows import EvalTokens, build_eval_tokens, model_max_length, position_limit
 from qsens.quantizers import method_module
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
+from qsens.quantizers.layer_sets import quantize_selected
 from qsens.suites.load import EvalText, Suite
 
 # Most quantized models kept resident at once (each group shares one fp pass per eval); memory decides below that.
@@ -110,7 +111,7 @@ class LoadedCheckpoint:
             fp_model=self.model, tokenizer=self.tokenizer, device=self.device, seed=self.suite.spec.seed, calibration=self.calibration,
             checkpoint_dir=self.ckpt.location if self.ckpt.is_local else None,
         )
-        return method_module(settings.method).quantize(ctx, settings)
+        return quantize_selected(method_module(settings.method), ctx, settings)  # only its layer set, if any
 
     def room_for_another(self, resident: int) -> bool:
         """Whether one more quantized model may stay resident: at most QSENS_MAX_RESIDENT, and two model sizes

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from qsens.families.checkpoint import Checkpoint, checkpoint_fingerprint
 from qsens.quantizers.base import QuantSettings
+from qsens.suites.layer_sweeps import applies
 from qsens.suites.load import EvalText, Suite
 
 
@@ -34,7 +35,10 @@ def plan_cells(suite: Suite) -> list[Cell]:
     cells = []
     for ckpt in suite.checkpoints:
         fingerprint = checkpoint_fingerprint(ckpt)
+        structure = suite.structures.get((ckpt.location, ckpt.revision))
         for settings in suite.quantizers:
+            if not applies(settings, structure):  # a layer set this checkpoint lacks (block 5 of 4)
+                continue
             for ev in suite.evals:
                 key = cell_key(fingerprint, ckpt, settings, ev, seed=spec.seed,
                                bootstrap=spec.bootstrap.model_dump(), metrics=list(spec.metrics))

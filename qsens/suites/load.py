@@ -62,6 +62,8 @@ class Suite:
     evals: list[EvalText]
     calibration_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    # (location, revision) -> Linear module names, read when a quantizer sweeps `layers` (suites.layer_sweeps)
+    structures: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -247,6 +249,24 @@ def _device_problems(spec: SuiteSpec) -> list:
                        "allowed here: auto, cpu")]
 
 
+def _layer_sweeps(spec: SuiteSpec, checkpoints: list[Checkpoint]) -> tuple[SuiteSpec, dict, list]:
+    """`layers:` sweeps expanded into canonical sets (needs the checkpoints' structure, so only when present;
+    without a checkpoint, the families' own problems are the ones to report)."""
+    if not any(isinstance(q, dict) and "layers" in q for q in spec.quantizers):
+        return spec, {}, []
+    if not checkpoints:
+        entries = [{k: v for k, v in q.items() if k != "layers"} if isinstance(q, dict) else q for q in spec.quantizers]
+        return spec.model_copy(update={"quantizers": entries}), {}, []
+    from qsens.suites import layer_sweeps
+
+    try:
+        structures = layer_sweeps.checkpoint_structures(checkpoints)
+    except Exception as exc:  # noqa: BLE001 - an unreadable config is reported like any other suite problem
+        return spec, {}, [("quantizers", f"layer sets need each checkpoint's config, which failed to load: {exc}")]
+    entries, found = layer_sweeps.expand_entries(list(spec.quantizers), structures)
+    return spec.model_copy(update={"quantizers": entries}), structures, found
+
+
 def load_suite(path: str | Path) -> Suite:
     """Parse and validate a suite file; raises SuiteError listing every problem found."""
     path = Path(path)
@@ -259,13 +279,15 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(path, pydantic_problems(exc)) from None
     base = path.parent
     problems: list[tuple[str, str]] = _device_problems(spec)
-    quantizers, q_problems = _quantizers(spec)
-    problems += q_problems
     checkpoints: list[Checkpoint] = []
     for i, fam in enumerate(spec.families):
         found, p = _family_checkpoints(fam, f"families[{i}]", base)
         checkpoints += found
         problems += p
+    spec, structures, l_problems = _layer_sweeps(spec, checkpoints)
+    problems += l_problems
+    quantizers, q_problems = _quantizers(spec)
+    problems += q_problems
     dup = sorted(f"{f}/{n}" for (f, n), k in Counter((c.family, c.name) for c in checkpoints).items() if k > 1)
     if dup:
         problems.append(("families", f"checkpoint names must be unique within a family: {dup}"))
@@ -285,4 +307,4 @@ def load_suite(path: str | Path) -> Suite:
         problems.append(("calibration", "required by a quantizer in this suite (e.g. gptq) but missing"))
     if problems:
         raise SuiteError(path, problems)
-    return Suite(spec, path.resolve(), checkpoints, quantizers, evals, calibration)
+    return Suite(spec, path.resolve(), checkpoints, quantizers, evals, calibration, structures=structures)

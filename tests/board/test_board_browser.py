@@ -90,3 +90,77 @@ def test_plots_present_and_non_empty(built, browser):
     browser.load((site / "history.html").as_uri())
     assert browser.js("document.querySelectorAll('#snapshots-table tbody tr').length") == 1
     assert browser.problems() == []
+
+
+@pytest.fixture(scope="module")
+def layers_site(tmp_path_factory):
+    """The board of the published per-layer sweep (results/published/micro-layers, issue 23)."""
+    from pathlib import Path
+
+    from qsens.board.build import build_board
+
+    results = Path(__file__).resolve().parents[2] / "results" / "published" / "micro-layers"
+    site = tmp_path_factory.mktemp("layers") / "site"
+    build_board(results, site)
+    return site
+
+
+def _min_text_px(svg: str) -> float:
+    """Smallest font size of an SVG's text, in CSS px at its natural size (matplotlib writes pt: 1 pt = 4/3 px)."""
+    import re
+
+    sizes = [float(s) for s in re.findall(r"font-size:\s*([0-9.]+)px", svg)]
+    assert sizes and 'width="' in svg and 'pt"' in svg.split("viewBox")[0]
+    return min(sizes) * 4 / 3
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_layer_heat_maps_are_readable_on_a_wide_and_a_phone_screen(layers_site, browser, width):
+    """Every heat map and exponent plot of a family page loads, none is shrunk so far that its smallest text
+    (the '≤0' marks) falls below 7 CSS px or its tick labels below 10 px, the page itself never scrolls sideways,
+    and at 1400 px each plot is whole on screen (at 390 px it scrolls in its own figure instead)."""
+    from qsens.board.model import family_page
+
+    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=900, deviceScaleFactor=1,
+                 mobile=width < 500)
+    try:
+        browser.load((layers_site / family_page("micro-cosine")).as_uri())
+        figures = browser.js("""Array.from(document.querySelectorAll(
+            'figure[data-kind="layers"], figure[data-kind="layer-exponents"]')).map(f => { const i = f.querySelector('img.plot');
+            const r = i.getBoundingClientRect(); return {kind: f.dataset.kind, src: i.getAttribute('src'),
+            done: i.complete, nw: i.naturalWidth, w: r.width, left: r.left, right: r.right,
+            scrolls: f.scrollWidth > f.clientWidth}; })""")
+        page = browser.js("[window.innerWidth, document.documentElement.scrollWidth]")
+    finally:
+        browser.call("Emulation.clearDeviceMetricsOverride", session=True)
+    # 3 sizes x 2 bit widths of heat maps, one exponent plot per bit width
+    assert sorted(f["kind"] for f in figures) == ["layer-exponents"] * 2 + ["layers"] * 6
+    assert page[1] <= page[0] == width  # no sideways scroll of the page
+    for f in figures:
+        assert f["done"] and f["nw"] > 300, f
+        scale = (f["w"] - 2) / f["nw"]  # the 1 px border on each side
+        smallest = _min_text_px((layers_site / "family" / f["src"]).read_text())
+        assert smallest * scale >= 7 and 9 * 4 / 3 * scale >= 10, (f, smallest, scale)
+        assert f["left"] >= 0
+        if width == 1400:
+            assert f["right"] <= width and not f["scrolls"], f
+        else:
+            assert f["scrolls"], f  # wider than the phone: it scrolls within its figure
+    assert browser.problems() == []
+
+
+def test_layer_plot_text_stays_inside_the_image(layers_site, browser):
+    """Chromium lays out each layer plot's text in its own fonts (the SVG keeps text as text): every label's box
+    lies inside the SVG's viewBox, so nothing is cut off at the edges."""
+    plots = sorted((layers_site / "plots").glob("*-layer*.svg"))
+    assert len(plots) == 2 * 8
+    for svg in plots[:4] + [p for p in plots if p.name.endswith("-layer-exponents.svg")][:2]:
+        browser.load(svg.as_uri())
+        out = browser.js("""(() => { const s = document.documentElement, v = s.viewBox.baseVal;
+            return Array.from(s.querySelectorAll('text')).map(t => { const b = t.getBoundingClientRect();
+            const k = s.getBoundingClientRect().width / v.width;
+            return [t.textContent, b.left / k, b.top / k, b.right / k, b.bottom / k, v.width, v.height]; }); })()""")
+        assert out, svg.name
+        for text, left, top, right, bottom, w, h in out:
+            assert -0.5 <= left and right <= w + 0.5 and -0.5 <= top and bottom <= h + 0.5, (svg.name, text)
+    assert browser.problems() == []
