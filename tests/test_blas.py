@@ -16,10 +16,10 @@ ZEN3 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu sse2 avx avx
 SAPPHIRE = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx avx2 fma avx512f amx_tile\n"
 
 
-def test_the_shim_is_for_amd_cpus_with_avx512_only():
+def test_the_shim_is_for_amd_cpus():
     assert blas.cpu_features(ZEN5) == ("AuthenticAMD", {"fpu", "sse2", "avx", "avx2", "fma", "avx512f", "avx512bw"})
     assert blas.shim_helps(ZEN5)
-    assert not blas.shim_helps(ZEN3)  # AVX2 kernels on either path: nothing to unlock
+    assert blas.shim_helps(ZEN3)  # AVX2 on either path, but the Intel path's kernels measured faster
     assert not blas.shim_helps(SAPPHIRE)  # MKL already takes its Intel path
     assert not blas.shim_helps("")  # no /proc/cpuinfo (not Linux)
 
