@@ -137,6 +137,20 @@ def shim_env(base: dict[str, str] | None = None) -> dict[str, str] | None:
     return env
 
 
+def plain_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default os.environ) on the default route: the shim removed from LD_PRELOAD, QSENS_BLAS=off. A child
+    of a re-executed process inherits its LD_PRELOAD, so a plain copy of the environment would still run the shim."""
+    env = dict(os.environ if base is None else base)
+    kept = [p for p in env.get("LD_PRELOAD", "").split() if "mkl-intel-path-" not in Path(p).name]
+    if kept:
+        env["LD_PRELOAD"] = " ".join(kept)
+    else:
+        env.pop("LD_PRELOAD", None)
+    env.pop(_REEXEC_MARK, None)
+    env[ENV] = "off"
+    return env
+
+
 def ensure() -> str:
     """Call first thing in a training or benchmark process: re-executes it (same interpreter, same `sys.orig_argv`)
     with the shim preloaded where `wanted()` and it is not loaded yet; returns the route this process runs with."""

@@ -41,6 +41,14 @@ def test_the_shim_compiles_and_exports_the_one_symbol(tmp_path):
     assert blas.shim_library(tmp_path) == lib  # cached: built once
 
 
+def test_the_plain_environment_drops_only_the_shim_from_ld_preload(tmp_path):
+    """Regression: `bench train --compare-blas` run with the shim loaded gave its 'default' child the shim too."""
+    base = {"LD_PRELOAD": f"/lib/x.so {tmp_path}/mkl-intel-path-0123456789ab.so", "QSENS_BLAS": "shim",
+            "QSENS_BLAS_REEXECUTED": "1", "HOME": "/h"}
+    assert blas.plain_env(base) == {"LD_PRELOAD": "/lib/x.so", "QSENS_BLAS": "off", "HOME": "/h"}
+    assert "LD_PRELOAD" not in blas.plain_env({"LD_PRELOAD": f"{tmp_path}/mkl-intel-path-0123456789ab.so"})
+
+
 TRAIN_THREE_STEPS = """
 import json, types, torch
 from qsens import blas

@@ -120,7 +120,7 @@ def blas_routes(shapes: list[tuple[int, int, int]], rounds: int = 3) -> dict:
     """GEMM rate of `shapes` in fresh single-thread processes on each BLAS route, interleaved (order reversed
     every other round); {route: [FLOP/s, ...]}. Only the default route where the shim cannot be built."""
     env_shim = blas.shim_env()
-    envs = {"default": dict(os.environ, QSENS_BLAS="off")}
+    envs = {"default": blas.plain_env()}
     if env_shim is not None and blas.torch_uses_mkl():
         envs[blas.INTEL_PATH] = env_shim | {"QSENS_BLAS": "shim"}
     out: dict[str, list[float]] = {k: [] for k in envs}
