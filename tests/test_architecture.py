@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qsens"
 # Lowest first; the same list, with what each layer is for, is in docs/architecture.md.
 LAYERS = [
     {"__version__"},  # qsens/__init__.py: the version, nothing else
-    {"documents", "errors", "provenance", "metrics", "quantizers", "fit"},
+    {"documents", "errors", "provenance", "metrics", "quantizers", "fit", "blas"},
     {"families", "store", "executors"},
     {"suites"},
     {"runner"},

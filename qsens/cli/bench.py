@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 HELP = ("benchmarks: `qsens bench kernel` (RTN kernel GB/s vs copy), `qsens bench score` (scoring tokens/s vs "
-        "lm-eval's loglikelihood_rolling), `qsens bench suite` (a suite's wall time in fp passes)")
+        "lm-eval's loglikelihood_rolling), `qsens bench suite` (a suite's wall time in fp passes), "
+        "`qsens bench train` (training tokens per CPU-second, fast vs HF trainer, and the share of the matmul rate)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -51,6 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     u.add_argument("--limit-checkpoints", type=int, metavar="N", help="only the suite's first N checkpoints")
     u.add_argument("--out", type=Path, help="write the Markdown report here and its data beside it (.json)")
+    t = sub.add_parser("train", help="training tokens per CPU-second, fast vs HF trainer, and the matmul-rate share")
+    t.add_argument("spec", nargs="?", type=Path, default=Path("checkpoints/gutenberg.yaml"),
+                   help="default: %(default)s")
+    t.add_argument("--sizes", help="comma-separated size names (default: all of the spec)")
+    t.add_argument("--steps", type=int, default=4, help="training steps per timed block")
+    t.add_argument("--rounds", type=int, default=4, help="interleaved blocks per trainer (order reversed every other)")
+    t.add_argument("--compare-blas", action="store_true",
+                   help="also time the largest size's GEMMs in fresh processes on each BLAS route (qsens.blas)")
+    t.add_argument("--out", type=Path, help="write the Markdown table here and its data beside it (.json)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -58,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
         return _score(args)
     if args.bench == "suite":
         return _suite(args)
+    if args.bench == "train":
+        return _train(args)
     import torch
 
     from qsens.bench import kernel
@@ -118,3 +130,25 @@ def _suite(args: argparse.Namespace) -> int:
     table = suite.to_markdown(result, "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
                               else "qsens bench suite")
     return _publish(table, result, args.out)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from qsens import blas
+    from qsens.bench import train
+
+    for flag, value in (("--steps", args.steps), ("--rounds", args.rounds)):
+        if value < 1:
+            print(f"{flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    try:
+        blas.ensure()  # the route training takes on this CPU (may re-execute this process)
+        torch.set_num_threads(1)
+        data = train.run(args.spec, args.sizes.split(",") if args.sizes else None, args.steps, args.rounds,
+                         args.compare_blas)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    command = "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "qsens bench train"
+    return _publish(train.to_markdown(data, command), data, args.out)

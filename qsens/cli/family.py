@@ -21,9 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from qsens import blas
     from qsens.testbed.ladder import train_ladder
 
     try:
+        if not args.prepare:
+            blas.ensure()  # may re-execute this process with MKL's Intel path preloaded (qsens.blas); before any matmul
         manifest = train_ladder(args.spec, args.out, args.sizes.split(",") if args.sizes else None, device=args.device,
                                 seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
                                 prepare_only=args.prepare)

@@ -28,8 +28,8 @@ import torch
 
 from qsens.families.manifest import Manifest, ManifestCheckpoint, read_manifest, write_manifest
 from qsens.testbed.spec import LadderSpec, SizeSpec
-from qsens.testbed.trainer import (DataOrder, build_model, load_state, lr_at, make_optimizer, non_embedding_params,
-                                    save_state, train_steps, wsd_branch_step)
+from qsens.testbed.trainer import (DataOrder, as_hf, build_training_model, load_state, lr_at, make_optimizer,
+                                    non_embedding_params, run_settings, save_state, train_steps, wsd_branch_step)
 from qsens.metrics.text import read_text
 
 EOS = "<|endoftext|>"
@@ -163,7 +163,8 @@ class Ladder:
         return f"{size.name}-s{seed}-{schedule}-{_d(tokens)}"
 
     def _fresh(self, size: SizeSpec, seed: int):
-        model = build_model(size, self.spec, len(self.tokenizer), self.tokenizer.eos_token_id, seed, self.device)
+        model = build_training_model(size, self.spec, len(self.tokenizer), self.tokenizer.eos_token_id, seed,
+                                     self.device)
         return model, make_optimizer(model, self.spec)
 
     def _run(self, model, opt, data, steps: range, lr_of, state: Path, what: str):
@@ -245,7 +246,7 @@ class Ladder:
         final = self.out / rel
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        stored = copy.deepcopy(model).to("cpu", getattr(torch, spec.save_dtype)).eval()  # the live model trains on
+        stored = as_hf(model).to(getattr(torch, spec.save_dtype)).eval()  # a copy: the live model trains on
         stored.save_pretrained(tmp, safe_serialization=True)
         (tmp / "generation_config.json").unlink(missing_ok=True)
         for f in sorted((self.out / "tokenizer").iterdir()):  # one tokenizer, linked into every checkpoint
@@ -253,8 +254,8 @@ class Ladder:
         shutil.rmtree(final, ignore_errors=True)
         tmp.replace(final)
         entry = ManifestCheckpoint(
-            name=name, path=str(rel), size=size.name, schedule=schedule, n_params=non_embedding_params(model),
-            n_params_total=sum(p.numel() for p in model.parameters()), tokens=steps * tps, steps=steps,
+            name=name, path=str(rel), size=size.name, schedule=schedule, n_params=non_embedding_params(stored),
+            n_params_total=sum(p.numel() for p in stored.parameters()), tokens=steps * tps, steps=steps,
             tokens_per_step=tps, epochs=steps * tps / len(data.stream), lr_at_checkpoint=lr,
             peak_lr=spec.optim.peak_lr, seed=seed, data_order=data.describe(), train_seconds=round(secs, 1),
             extra={"budget": budget, "hidden": size.hidden, "layers": size.layers, "heads": size.heads, "mlp": size.mlp,
@@ -265,7 +266,8 @@ class Ladder:
                    "warmup_steps": spec.optim.warmup_steps, "min_lr_ratio": spec.optim.min_lr_ratio,
                    "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             | ({"branch_step": branch_step, "stable_checkpoint": stable, "save_dtype": spec.save_dtype,
-                "device": self.device, "spec_fingerprint": spec.fingerprint(size)} if spec.factorial else {}),
+                "device": self.device, "spec_fingerprint": spec.fingerprint(size)} if spec.factorial else {})
+            | run_settings(model),  # the training model and the BLAS route (qsens.blas) it ran on
         )
         with _locked(self.out):
             path = self.out / "manifest.json"

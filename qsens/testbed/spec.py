@@ -65,6 +65,8 @@ class LadderSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     optim: OptimSpec = OptimSpec()
     threads: int = Field(0, ge=0, description="torch threads per process (0: torch's default)")
+    trainer: Literal["hf", "fast"] = Field(
+        "hf", description="training model: the HF Llama, or qsens' FastLlama (same weights and loss to rounding)")
 
     @model_validator(mode="after")
     def _known_budgets(self) -> "LadderSpec":

@@ -96,6 +96,42 @@ def build_model(size: SizeSpec, spec: LadderSpec, vocab_size: int, eos_id: int, 
     return LlamaForCausalLM(config).to(device)
 
 
+def build_training_model(size: SizeSpec, spec: LadderSpec, vocab_size: int, eos_id: int, seed: int | None = None,
+                         device: str = "cpu"):
+    """The model a ladder trains: the HF Llama itself (`trainer: hf`), or `FastLlama` holding the same initial
+    weights (`trainer: fast`, the default of the gutenberg family): equal to rounding, several times faster."""
+    hf = build_model(size, spec, vocab_size, eos_id, seed, device)
+    if spec.trainer == "hf":
+        return hf
+    from qsens.testbed.fastllama import FastLlama
+
+    return FastLlama.from_hf(hf)
+
+
+def as_hf(model):
+    """A CPU `LlamaForCausalLM` copy of a training model (what is stored and scored); the model trains on."""
+    import copy
+
+    from qsens.testbed.fastllama import FastLlama
+
+    return model.to_hf() if isinstance(model, FastLlama) else copy.deepcopy(model).to("cpu")
+
+
+def trainer_of(model) -> str:
+    from qsens.testbed.fastllama import FastLlama
+
+    return "fast" if isinstance(model, FastLlama) else "hf"
+
+
+def batch_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of a batch (int64 [B, S + 1]) under either training model."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    if trainer_of(model) == "fast":
+        return model.loss(inputs, targets)
+    logits = model(input_ids=inputs).logits
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
 def non_embedding_params(model) -> int:
     """N: parameters outside the token embeddings and the output head (Kaplan et al. 2020 counting)."""
     head = model.get_output_embeddings().weight
@@ -108,6 +144,8 @@ def make_optimizer(model, spec: LadderSpec) -> torch.optim.Optimizer:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if trainer_of(model) == "fast":  # one fused kernel per step over all parameters, on CPU and CUDA alike
+        return torch.optim.AdamW(groups, lr=o.peak_lr, betas=o.betas, fused=True)
     # foreach on CUDA (fewer kernel launches); off on the CPU, where the micro family was trained that way
     return torch.optim.AdamW(groups, lr=o.peak_lr, betas=o.betas, fused=False, foreach=model.device.type == "cuda")
 
@@ -126,8 +164,7 @@ def train_steps(model, opt, data: DataOrder, steps: range, lr_of, state_path: Pa
         for group in opt.param_groups:
             group["lr"] = lr_of(step)
         batch = data.batch(step).to(device)
-        logits = model(input_ids=batch[:, :-1]).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss = batch_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -145,18 +182,36 @@ def train_steps(model, opt, data: DataOrder, steps: range, lr_of, state_path: Pa
     return loss_value, time.time() - t0
 
 
+def run_settings(model) -> dict[str, str]:
+    """What a run may never change between its start and its end (a resume checks it): the training model and
+    the BLAS route of this process (qsens.blas): either changes the rounding, so a resume would not be exact."""
+    from qsens import blas
+
+    return {"trainer": trainer_of(model), "blas": blas.route()}
+
+
 def save_state(path: Path, model, opt, next_step: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "next_step": next_step}, tmp)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "next_step": next_step,
+                "settings": run_settings(model)}, tmp)
     tmp.replace(path)
 
 
 def load_state(path: Path, model, opt) -> int:
-    """Restore a saved state; returns the next step to run (0 when there is none)."""
+    """Restore a saved state; returns the next step to run (0 when there is none). Refuses a state saved under
+    other run settings (a state from before they were recorded counts as the HF trainer on the default route)."""
     if not path.is_file():
         return 0
     state = torch.load(path, weights_only=True, map_location=model.device)
+    was, now = state.get("settings", {"trainer": "hf", "blas": "default"}), run_settings(model)
+    if was != now:
+        raise ValueError(f"{path}: this run was started with {was} and would resume with {now}; a run never "
+                         f"switches (resume must stay exact): restore the spec's `trainer` or {_BLAS_HINT}, or "
+                         f"delete the state file to restart the run")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     return int(state["next_step"])
+
+
+_BLAS_HINT = "set QSENS_BLAS (shim | off) to the route it started on"
