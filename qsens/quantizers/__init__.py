@@ -13,6 +13,9 @@ REGISTRY: dict[str, str] = {
     "gptq": "qsens.quantizers.gptq",
     "bnb": "qsens.quantizers.bnb",
     "noise": "qsens.quantizers.noise",
+    "hqq": "qsens.quantizers.hqq",
+    "awq": "qsens.quantizers.awq",
+    "torchao": "qsens.quantizers.torchao",
 }
 
 
