@@ -28,6 +28,8 @@ class QuantSettings(BaseModel):
     group_size_field: ClassVar[str | None] = "group_size"
     # Methods that need calibration text (GPTQ) say so, so a suite without it fails validation, not a cell.
     needs_calibration: ClassVar[bool] = False
+    # Distributions whose installed version is part of the cell key (runner.plan): a library upgrade is new cells.
+    libraries: ClassVar[tuple[str, ...]] = ()
 
     def label(self) -> str:
         """Short human label, e.g. 'rtn-w4-g32-asym'."""

@@ -22,7 +22,7 @@ effective_bits: what the layer stores, read from it: the packed codes (hqq packs
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -34,6 +34,7 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 
 class Settings(QuantSettings):
+    libraries: ClassVar[tuple[str, ...]] = ("hqq",)
     method: Literal["hqq"] = "hqq"
     bits: Literal[1, 2, 3, 4, 5, 6, 8]  # hqq's Quantizer.SUPPORTED_BITS (less 1.58)
     group_size: int = Field(64, ge=8, multiple_of=8)  # hqq_base_quant_config asserts a multiple of 8

@@ -17,7 +17,7 @@ every code in one int8 byte (packing is a deployment step), which `details.memor
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -29,6 +29,7 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 
 class Settings(QuantSettings):
+    libraries: ClassVar[tuple[str, ...]] = ("torchao",)
     method: Literal["torchao"] = "torchao"
     scheme: Literal["int8", "intx"] = "intx"
     bits: int = Field(ge=1, le=8)
