@@ -16,6 +16,9 @@ REGISTRY: dict[str, str] = {
     "hqq": "qsens.quantizers.hqq",
     "awq": "qsens.quantizers.awq",
     "torchao": "qsens.quantizers.torchao",
+    "gguf": "qsens.quantizers.ggml_types",
+    "cast": "qsens.quantizers.cast",
+    "prequantized": "qsens.quantizers.prequantized",
 }
 
 

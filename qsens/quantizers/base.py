@@ -35,6 +35,15 @@ class QuantSettings(BaseModel):
         """Short human label, e.g. 'rtn-w4-g32-asym'."""
         return f"{self.method}-w{self.bits}"
 
+    def bind(self, suite_dir) -> "QuantSettings":
+        """These settings with any file they name resolved against the suite's folder (and fingerprinted, so the
+        cell key changes with the file); raises ValueError naming what is wrong. Most methods name no file."""
+        return self
+
+    def pairs_with(self, family: str, checkpoint: str) -> bool:
+        """Whether this setting is scored on checkpoint `family/checkpoint` (an artifact only on its parent)."""
+        return True
+
     def group_size_value(self) -> int | None:
         """The group size for the exported `group_size` column (-1 = per channel, None = not applicable)."""
         return getattr(self, self.group_size_field, None) if self.group_size_field else None

@@ -43,6 +43,8 @@ def plan_cells(suite: Suite) -> list[Cell]:
     for ckpt in suite.checkpoints:
         fingerprint = checkpoint_fingerprint(ckpt)
         for settings in suite.quantizers:
+            if not settings.pairs_with(ckpt.family, ckpt.name):  # an artifact is scored on its parent only
+                continue
             for ev in suite.evals:
                 key = cell_key(fingerprint, ckpt, settings, ev, seed=spec.seed,
                                bootstrap=spec.bootstrap.model_dump(), metrics=list(spec.metrics),
