@@ -55,7 +55,7 @@ class Settings(QuantSettings):
     group_size_field = None
 
     def label(self) -> str:
-        return f"pre-{self.format}-{Path(self.path).name}"
+        return f"pre-{self.format}-{Path(self.path).name}@{self.parent}"
 
     def pairs_with(self, family: str, checkpoint: str) -> bool:
         return self.parent in (checkpoint, f"{family}/{checkpoint}")
@@ -69,7 +69,12 @@ class Settings(QuantSettings):
         digest = artifact_digest(path)
         if self.digest not in (None, digest):
             raise ValueError(f"digest: {path} has sha256 {digest}, not the {self.digest} the suite states")
-        bits = gguf_nominal_bits(path) if self.format == "gguf" else hf_quantization_config(path)[1]
+        try:
+            bits = gguf_nominal_bits(path) if self.format == "gguf" else hf_quantization_config(path)[1]
+        except (ValueError, KeyError, IndexError, OSError, json.JSONDecodeError) as exc:
+            if isinstance(exc, ValueError) and str(exc).startswith("path:"):
+                raise
+            raise ValueError(f"path: {path} is not a readable {self.format} artifact: {exc}") from None
         if self.bits not in (0, bits):
             raise ValueError(f"bits: the artifact says {bits}, not {self.bits}; omit bits")
         return self.model_copy(update={"path": str(path), "digest": digest, "bits": bits})
