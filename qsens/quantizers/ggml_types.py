@@ -21,7 +21,7 @@ every such tensor; `incompatible: f16` stores them as float16, as `llama-quantiz
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ class Settings(QuantSettings):
     incompatible: Literal["refuse", "f16"] = "refuse"
 
     group_size_field = None
+    # The gguf package's version is part of the cell key (runner.plan): its quantizer made the bytes.
+    libraries: ClassVar[tuple[str, ...]] = ("gguf",)
 
     @model_validator(mode="before")
     @classmethod

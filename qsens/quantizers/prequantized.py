@@ -57,6 +57,11 @@ class Settings(QuantSettings):
     def label(self) -> str:
         return f"pre-{self.format}-{Path(self.path).name}@{self.parent}"
 
+    @property
+    def libraries(self) -> tuple[str, ...]:
+        """The library that dequantizes this artifact: its version is part of the cell key (runner.plan)."""
+        return ("gguf",) if self.format == "gguf" else ("gptqmodel",)
+
     def pairs_with(self, family: str, checkpoint: str) -> bool:
         return self.parent in (checkpoint, f"{family}/{checkpoint}")
 
