@@ -240,6 +240,21 @@ def family_plots(family, cells: list[dict], fits: list[dict], site: Path) -> lis
                     f"D={human(heads[0].get('tokens'))}"
             out.append(_attempt("methods", title, f"plots/{slug(family, ev)}-methods.svg", site,
                                 lambda p, h=heads, t=title: method_plot(h, t, p)))
+        out += _size_quality_plots(family, ev, heads, site)
+    return out
+
+
+def _size_quality_plots(family, ev, heads: list[dict], site: Path) -> list[dict]:
+    """Δloss and KL against effective bits at the headline checkpoint (qsens.board.pareto), when two or more
+    quantizer settings there have a size."""
+    from qsens.board import pareto
+
+    out = []
+    for metric, column in (("delta_loss", "delta_loss"), ("kl", "kl_mean")):
+        if len(pareto.sized_cells(heads, column)) >= 2:
+            title = pareto.size_quality_title(family, ev, heads, metric)
+            out.append(_attempt(f"size-{metric}", title, f"plots/{slug(family, ev)}-size-{metric}.svg", site,
+                                lambda p, h=heads, t=title, m=metric: pareto.size_quality_plot(h, m, t, p)))
     return out
 
 

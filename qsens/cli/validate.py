@@ -27,7 +27,8 @@ def main(args: argparse.Namespace) -> int:
     suite = load_or_report(args.suite)
     if suite is None:
         return 2
-    n = len(suite.checkpoints) * len(suite.quantizers) * len(suite.evals)
+    # a pre-quantized artifact is scored on its parent only (QuantSettings.pairs_with)
+    n = sum(q.pairs_with(c.family, c.name) for c in suite.checkpoints for q in suite.quantizers) * len(suite.evals)
     print(f"{args.suite}: valid suite '{suite.name}': {len(suite.checkpoints)} checkpoints x "
           f"{len(suite.quantizers)} quantizer settings x {len(suite.evals)} eval texts = {n} cells")
     for q in suite.quantizers:

@@ -16,6 +16,11 @@ Windowing, for one token sequence x[0..T) (a whole stream, or one document):
     `align_last`: instead, shift a short last window left so it has a full context (lm-eval);
     `prefix`: a BOS/EOS token prepended to each sequence so that its first real token is scored too
         (`bos_or_eos`: BOS when the tokenizer has one, else EOS, as lm-eval's HFLM);
+    `window_bos`: the first input token of every window is replaced by BOS (llama-perplexity does this to each
+        chunk when the vocabulary adds BOS; the replaced token is context, never a target);
+    `score_from: second_half`: a window scores only the targets predicted from its second half, positions
+        context_length // 2 ... context_length - 2 (llama-perplexity's `first = n_ctx/2`), so each scored token
+        sees at least half a window of context;
     `context_length: model`: the model's maximum length (config n_positions / max_position_embeddings / n_ctx,
         else the tokenizer's model_max_length, else 2048: lm-eval's `resolve_max_length`).
 
@@ -36,6 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # 2: circular block bootstrap with a data-chosen block length; words/bytes over the scored span; wikitext_articles
 #    as the HF document-level dataset splits it.
 METRICS_VERSION = 2
+# Protocol fields added since, with their defaults (the protocol they leave unchanged).
+LATER_DEFAULTS = {"window_bos": False, "score_from": "all"}
 
 
 class Protocol(BaseModel):
@@ -62,6 +69,9 @@ class Protocol(BaseModel):
     )
     max_tokens: int | None = Field(None, ge=2, le=2**63 - 1, description="cap on tokens fed (stream) or summed over documents")
     batch_size: int = Field(8, ge=1, le=4096, description="windows per forward pass; does not change any number")
+    window_bos: bool = Field(False, description="replace every window's first input token by BOS (llama-perplexity)")
+    score_from: Literal["all", "second_half"] = Field(
+        "all", description="score every new target of a window, or only those of its second half (llama-perplexity)")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "Protocol":
@@ -71,6 +81,9 @@ class Protocol(BaseModel):
             raise ValueError("stride needs a numeric context_length (with 'model' windows do not overlap)")
         if self.stride is not None and self.stride > self.context_length:
             raise ValueError(f"stride ({self.stride}) must be <= context_length ({self.context_length})")
+        if self.score_from == "second_half" and (self.stride not in (None, self.context_length) or not self.drop_last):
+            raise ValueError("score_from 'second_half' scores full, non-overlapping windows (llama-perplexity's "
+                             "chunks): needs stride = context_length (or unset) and drop_last: true")
         return self
 
     @property
@@ -89,7 +102,9 @@ class Protocol(BaseModel):
 
     def hash(self) -> str:
         """Hash of everything that can change a number (batch_size cannot)."""
-        fields = self.model_dump(exclude={"batch_size"})
+        # Fields added after METRICS_VERSION 2 enter the hash only when set, so older cells keep their keys.
+        later = {name for name, default in LATER_DEFAULTS.items() if getattr(self, name) == default}
+        fields = self.model_dump(exclude={"batch_size", *later})
         fields["stride"] = self.stride if self.context_length == "model" else self.effective_stride
         fields["metrics_version"] = METRICS_VERSION
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -112,6 +127,15 @@ PRESETS: dict[str, dict] = {
         unit="document", split="wikitext_articles", detokenize="wikitext", context_length="model",
         last_logit=True, drop_last=False, align_last=True, prefix="bos_or_eos", add_special_tokens=True,
         counts="source",
+    ),
+    # llama.cpp `llama-perplexity` (tools/perplexity/perplexity.cpp, as in llama-cpp-python 0.3.36's vendored
+    # copy): the whole text tokenized once with BOS in front (common_tokenize, add_special; GGUF add_bos),
+    # cut into n_ctx chunks (the ragged tail dropped), each chunk's first token replaced by BOS, and the tokens
+    # predicted from the second half of each chunk scored (first = n_ctx/2). n_ctx defaults to 512 there too;
+    # `--chunks N` is max_tokens = N * n_ctx.
+    "llama.cpp": dict(
+        unit="stream", split="none", context_length=512, last_logit=False, drop_last=True, prefix="bos",
+        add_special_tokens=False, window_bos=True, score_from="second_half",
     ),
     # qsens default for small models: one stream, non-overlapping windows, every window's first token context.
     "qsens": dict(unit="stream", split="none", context_length=128, last_logit=False),

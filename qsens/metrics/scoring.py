@@ -189,12 +189,14 @@ def kl_divergence(z_fp: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
 
 
 def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], tokens: EvalTokens,
-                   device: torch.device, batch_size: int = 8, kl: bool = True
+                   device: torch.device, batch_size: int = 8, kl: bool = True, on_logits=None
                    ) -> tuple[ReferenceScores, dict[Hashable, QuantizedScores | BaseException]]:
     """One sweep over the windows: per batch, the fp model, then every quantized model on the same ids.
 
     Returns the fp scores (model=fp_model when kl) and, per key of `q_models`, its scores or the exception its
     forward raised (that model is dropped from the rest of the sweep; the others go on).
+    on_logits(key, idx, z_fp, z_q), when given (and kl): called with each batch's float32 logits [n, V] of both
+    models and the target indices idx [n] they score, for statistics the sweep itself does not keep.
     """
     T = tokens.n_targets
     fp_nll, fp_lse, fp_argmax = np.empty(T), np.empty(T), np.empty(T, dtype=np.int64)
@@ -227,6 +229,8 @@ def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], token
                         sums = sums or _sums_fn(T * z_fp.shape[-1] * len(q_models))
                         nll_k, kl_k, am_q = _compare(fp, z_q, targets, sums)
                         q_nll[key][idx], q_kl[key][idx] = nll_k.cpu().numpy(), kl_k.cpu().numpy()
+                        if on_logits is not None:
+                            on_logits(key, idx, z_fp, z_q)
                     q_agree[key][idx] = (am_q == am_fp).cpu().numpy()
                     del z_q
                 except Exception as exc:  # noqa: BLE001 - one broken quantized model must not stop the others

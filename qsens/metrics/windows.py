@@ -24,11 +24,13 @@ class WindowPlan:
 
 
 def plan_windows(n: int, context_length: int, stride: int, last_logit: bool, drop_last: bool,
-                 align_last: bool = False) -> list[WindowPlan]:
+                 align_last: bool = False, score_from: str = "all") -> list[WindowPlan]:
     """Windows over a sequence of n tokens; every target index in [1, n) is scored at most once.
 
     align_last: shift a short final window left so it has a full context (lm-eval's last rolling window).
+    score_from 'second_half': only targets predicted from positions >= context_length // 2 (llama-perplexity).
     """
+    skip = context_length // 2 if score_from == "second_half" else 0
     cap = n - 1 if last_logit else n  # an input token whose prediction has no target is useless
     plans: list[WindowPlan] = []
     scored_upto, start = 1, 0
@@ -40,7 +42,7 @@ def plan_windows(n: int, context_length: int, stride: int, last_logit: bool, dro
             if align_last:
                 start = max(0, end - context_length)
         t_hi = min(end + 1, n) if last_logit else end
-        t_lo = max(scored_upto, start + 1)
+        t_lo = max(scored_upto, start + skip + 1)
         if t_hi > t_lo:
             plans.append(WindowPlan(start, end, t_lo, t_hi))
             scored_upto = t_hi
@@ -191,7 +193,7 @@ def build_eval_tokens(text: str, tokenizer, protocol: Protocol, model_max_length
             budget -= len(ids)
         seq = torch.tensor(ids, dtype=torch.int64)
         plans = plan_windows(len(ids), protocol.context_length, protocol.effective_stride, protocol.last_logit,
-                             protocol.drop_last, protocol.align_last)
+                             protocol.drop_last, protocol.align_last, protocol.score_from)
         if protocol.counts == "source" and plans:
             if prefix is None or sum(p.t_hi - p.t_lo for p in plans) != len(ids) - 1:
                 raise ValueError("protocol counts: 'source' needs a prefix token and every token of each document "
@@ -205,6 +207,9 @@ def build_eval_tokens(text: str, tokenizer, protocol: Protocol, model_max_length
             nwords[first] += src_words - nwords[first:].sum()
         for p in plans:
             inp = seq[p.start : p.end]
+            if protocol.window_bos:
+                inp = inp.clone()
+                inp[0] = _prefix_id(tokenizer, "bos")
             windows.append((inp, p.t_lo - p.start - 1, p.t_hi - p.t_lo))
             targets.append(seq[p.t_lo : p.t_hi])
             tbytes.append(torch.from_numpy(np.asarray(nbytes[p.t_lo : p.t_hi], dtype=np.int64)))

@@ -13,6 +13,12 @@ REGISTRY: dict[str, str] = {
     "gptq": "qsens.quantizers.gptq",
     "bnb": "qsens.quantizers.bnb",
     "noise": "qsens.quantizers.noise",
+    "hqq": "qsens.quantizers.hqq",
+    "awq": "qsens.quantizers.awq",
+    "torchao": "qsens.quantizers.torchao",
+    "gguf": "qsens.quantizers.ggml_types",
+    "cast": "qsens.quantizers.cast",
+    "prequantized": "qsens.quantizers.prequantized",
 }
 
 

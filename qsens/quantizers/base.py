@@ -57,10 +57,21 @@ class QuantSettings(BaseModel):
         if isinstance(out, dict) and out.get("layers", 0) is None:
             del out["layers"]
         return out
+    # Distributions whose installed version is part of the cell key (runner.plan): a library upgrade is new cells.
+    libraries: ClassVar[tuple[str, ...]] = ()
 
     def label(self) -> str:
         """Short human label, e.g. 'rtn-w4-g32-asym'."""
         return f"{self.method}-w{self.bits}"
+
+    def bind(self, suite_dir) -> "QuantSettings":
+        """These settings with any file they name resolved against the suite's folder (and fingerprinted, so the
+        cell key changes with the file); raises ValueError naming what is wrong. Most methods name no file."""
+        return self
+
+    def pairs_with(self, family: str, checkpoint: str) -> bool:
+        """Whether this setting is scored on checkpoint `family/checkpoint` (an artifact only on its parent)."""
+        return True
 
     def group_size_value(self) -> int | None:
         """The group size for the exported `group_size` column (-1 = per channel, None = not applicable)."""

@@ -14,7 +14,7 @@ consecutive weights of the row-major flattened matrix, 16-entry NF4/FP4 code boo
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -25,6 +25,7 @@ BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class Settings(QuantSettings):
+    libraries: ClassVar[tuple[str, ...]] = ("bitsandbytes",)
     method: Literal["bnb"] = "bnb"
     bits: Literal[4] = 4  # NF4 and FP4 are 4-bit formats
     quant_type: Literal["nf4", "fp4"] = "nf4"

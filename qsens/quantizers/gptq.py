@@ -41,6 +41,7 @@ GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)  # what gptqmodel's packing 
 class Settings(QuantSettings):
     needs_calibration: ClassVar[bool] = True
     supports_layer_sets: ClassVar[bool] = False  # gptqmodel quantizes every Linear of every decoder block
+    libraries: ClassVar[tuple[str, ...]] = ("gptqmodel",)
     method: Literal["gptq"] = "gptq"
     bits: Literal[2, 3, 4, 8]  # gptqmodel's packed formats
     group_size: Literal[GROUP_SIZES] = 128

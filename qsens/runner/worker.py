@@ -20,6 +20,7 @@ from qsens.executors import Job, Report
 from qsens.families.checkpoint import Checkpoint
 from qsens.families.loading import resolve_device
 from qsens.metrics.compare import encode_window_sums
+from qsens.metrics.llamacpp_stats import ReverseKL, llamacpp_statistics
 from qsens.metrics.paired import sensitivity_metrics, window_sums
 from qsens.metrics.resources import measured
 from qsens.metrics.scoring import score_together
@@ -35,8 +36,10 @@ def _score_group(state: LoadedCheckpoint, group: list["_Quantized"], ev: EvalTex
     """Score every model of `group` on eval `ev` in one sweep; per settings its metrics row or exception."""
     tokens = state.eval_tokens(ev)
     t0 = time.perf_counter()
+    wanted = state.suite.spec.metrics
+    reverse = ReverseKL(tokens.n_targets) if "llamacpp" in wanted else None
     ref, scores = score_together(state.model, {g.settings: g.result.model for g in group}, tokens, state.device,
-                                 ev.protocol.batch_size, kl="kl" in state.suite.spec.metrics)
+                                 ev.protocol.batch_size, kl="kl" in wanted or reverse is not None, on_logits=reverse)
     sweep_seconds = time.perf_counter() - t0
     if not np.isfinite(ref.nll).all():
         raise FloatingPointError("the full-precision model gives non-finite losses on this eval text")
@@ -51,6 +54,9 @@ def _score_group(state: LoadedCheckpoint, group: list["_Quantized"], ev: EvalTex
                                           seed=state.suite.spec.seed)
             out[settings] = {**metrics, "tokens_digest": tokens.digest,
                              "window_sums": encode_window_sums(window_sums(tokens, ref, q))}
+            if reverse is not None:
+                out[settings]["stats_json"] = llamacpp_statistics(ref.nll, q.nll, q.kl, reverse.values.get(settings),
+                                                                  q.agree)
     ref.close()
     return out, sweep_seconds
 

@@ -42,6 +42,7 @@ OUTCOME = [
     ("effective_bits", "REAL"), ("layers_quantized", "INTEGER"), ("backend", "TEXT"),
     ("peak_memory_bytes", "INTEGER"), ("details_json", "TEXT"), ("attempts", "INTEGER DEFAULT 0"),
     ("window_sums", "TEXT"),  # per-window sums for paired comparisons (qsens.metrics.compare)
+    ("stats_json", "TEXT"),  # llama.cpp's statistics (qsens.metrics.llamacpp_stats) when the suite asks for them
     # peaks over the cell's resident group (quantization + scoring): host RSS, CUDA memory, temp-folder bytes
     ("peak_rss_bytes", "INTEGER"), ("peak_gpu_bytes", "INTEGER"), ("temp_disk_bytes", "INTEGER"),
     ("owner", "TEXT"), ("claimed_at", "TEXT"),  # who claimed the cell, "host:pid:start time", and when

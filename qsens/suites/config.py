@@ -11,6 +11,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from qsens.metrics.protocol import PRESETS, Protocol
 
 METRIC_NAMES = ("delta_loss", "ppl_ratio", "kl", "top1_agree", "bits_per_byte")
+# Metrics a suite may ask for that are not on by default (so suites that list none keep their cell keys):
+# llama.cpp's --kl-divergence statistics (qsens.metrics.llamacpp_stats), stored in the `stats_json` column.
+OPTIONAL_METRICS = ("llamacpp",)
 INT64_MAX = 2**63 - 1  # what SQLite's INTEGER holds
 MAX_BOOTSTRAP_SAMPLES = 20_000
 
@@ -161,7 +164,7 @@ class SuiteSpec(_Strict):
     families: list[FamilySpec] = Field(min_length=1)
     quantizers: list[dict] = Field(min_length=1, description="validated per method by qsens.suites.load")
     evals: list[EvalSpec] = Field(min_length=1)
-    metrics: list[Literal[METRIC_NAMES]] = Field(default_factory=lambda: list(METRIC_NAMES))  # type: ignore[valid-type]
+    metrics: list[Literal[METRIC_NAMES + OPTIONAL_METRICS]] = Field(default_factory=lambda: list(METRIC_NAMES))  # type: ignore[valid-type]
     bootstrap: BootstrapSpec = BootstrapSpec()
     calibration: CalibrationSpec | None = None
 

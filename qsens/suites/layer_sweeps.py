@@ -38,7 +38,9 @@ def expand_entries(entries: list[dict], structures: dict) -> tuple[list[dict], l
         method = entry.get("method")
         if method in REGISTRY and not method_module(method).Settings.supports_layer_sets:
             problems.append((f"quantizers[{i}].layers", f"{method} cannot quantize a layer set (it quantizes "
-                                                         "whole decoder blocks); use rtn, bnb or noise"))
+                                                         "whole decoder blocks); methods that can: "
+                                                         + ", ".join(m for m in REGISTRY
+                                                                     if method_module(m).Settings.supports_layer_sets)))
             out.append({k: v for k, v in entry.items() if k != "layers"})
             continue
         skip = entry.get("skip", DEFAULT_SKIP)

@@ -133,6 +133,25 @@ def _quantizers(spec: SuiteSpec) -> tuple[list[QuantSettings], list[tuple[str, s
     return settings, problems
 
 
+def _bind_quantizers(settings: list[QuantSettings], base: Path) -> tuple[list[QuantSettings], list]:
+    """Settings that name files (pre-quantized artifacts) resolved against the suite's folder and fingerprinted."""
+    bound, problems = [], []
+    for s in settings:
+        try:
+            bound.append(s.bind(base))
+        except (ValueError, OSError) as exc:
+            problems.append((f"quantizers ({s.label()})", str(exc)))
+    return bound, problems
+
+
+def _pairing_problems(settings: list[QuantSettings], checkpoints: list[Checkpoint]) -> list:
+    """A setting bound to one parent checkpoint (a pre-quantized artifact) must name one of the suite's."""
+    names = sorted(f"{c.family}/{c.name}" for c in checkpoints)
+    return [(f"quantizers ({s.label()})", f"parent {getattr(s, 'parent', '?')!r} is none of the suite's checkpoints "
+             f"(allowed: {short(names, 300)})") for s in settings
+            if checkpoints and not any(s.pairs_with(c.family, c.name) for c in checkpoints)]
+
+
 def _manifest_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[Checkpoint], list]:
     path = (base / fam.manifest).resolve()
     if not path.is_file():
@@ -287,7 +306,8 @@ def load_suite(path: str | Path) -> Suite:
     spec, structures, l_problems = _layer_sweeps(spec, checkpoints)
     problems += l_problems
     quantizers, q_problems = _quantizers(spec)
-    problems += q_problems
+    quantizers, bind_problems = _bind_quantizers(quantizers, base)
+    problems += q_problems + bind_problems
     dup = sorted(f"{f}/{n}" for (f, n), k in Counter((c.family, c.name) for c in checkpoints).items() if k > 1)
     if dup:
         problems.append(("families", f"checkpoint names must be unique within a family: {dup}"))
@@ -303,6 +323,7 @@ def load_suite(path: str | Path) -> Suite:
         if problem:
             problems.append(("calibration.path", problem))
     problems += _context_problems(checkpoints, evals, spec)
+    problems += _pairing_problems(quantizers, checkpoints)
     if any(getattr(q, "needs_calibration", False) for q in quantizers) and calibration is None:
         problems.append(("calibration", "required by a quantizer in this suite (e.g. gptq) but missing"))
     if problems:

@@ -126,10 +126,11 @@ def test_a_method_that_ignores_skip_is_caught():
         '["model.layers.0.mlp.up_proj"]'
 
 
-def test_a_method_that_quantizes_whole_blocks_refuses_a_layer_set(tmp_path):
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_a_method_that_quantizes_whole_blocks_refuses_a_layer_set(tmp_path, method):
     path = _suite(tmp_path, "each_block")
-    path.write_text(path.read_text().replace("{method: rtn, bits: 3, group_size: 8,", "{method: gptq, bits: 4,"))
+    path.write_text(path.read_text().replace("{method: rtn, bits: 3, group_size: 8,", f"{{method: {method}, bits: 4,"))
     with pytest.raises(SuiteError) as exc:
         load_suite(path)
-    assert any(where == "quantizers[0].layers" and "gptq cannot quantize a layer set" in what
+    assert any(where == "quantizers[0].layers" and f"{method} cannot quantize a layer set" in what
                for where, what in exc.value.problems)

@@ -60,7 +60,7 @@ def test_good_suite_resolves_checkpoints_sweeps_and_protocol(folder):
 @pytest.mark.parametrize("mutation,where,what", [
     (("quantizers:\n  - {method: rtn", "quantizers:\n  - {method: rtn, bitz: 3"), "quantizers[0].bitz", "unknown key"),
     (("bits: [2, 3, 4, 8]", "bits: [2, 9]"), "quantizers[0].bits", "less than or equal to 8"),
-    (("method: rtn", "method: awq"), "quantizers[0].method", "must be one of"),
+    (("method: rtn", "method: squeezellm"), "quantizers[0].method", "must be one of"),  # awq is one now
     (("group_size: [32, -1]", "group_size: 0"), "quantizers[0].group_size", "positive integer or -1"),
     (("name: t\n", "name: t\nseeed: 1\n"), "seeed", "unknown key"),
     (("path: eval.txt", "path: missing.txt"), "evals[0].path", "file not found"),
