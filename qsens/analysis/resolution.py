@@ -1,0 +1,50 @@
+"""Cells whose Δ is within the resolution floor: flagged `unresolved`, left out of fits and findings, counted.
+
+A cell is unresolved when its Δloss cannot be told from the floor on the same tokens: when the checkpoint and
+eval have a floor cell (method `roundtrip`: the fp weights rounded to fp16 and back, `qsens.quantizers.roundtrip`),
+when the paired 95% interval of Δ(cell) - Δ(floor) includes 0 (`qsens.metrics.compare.paired_difference`);
+without a floor cell, when the cell's own 95% interval of Δloss includes 0 (the floor is then statistical only,
+and `floor` says so). The floor cells themselves are never fitted.
+"""
+
+from __future__ import annotations
+
+from qsens.metrics.compare import paired_difference
+
+FLOOR_METHOD = "roundtrip"
+
+
+def _floor_key(c: dict) -> tuple:
+    return c.get("checkpoint"), c.get("family"), c.get("eval"), c.get("tokens_digest")
+
+
+def mark_unresolved(cells: list[dict], samples: int = 1000, seed: int = 0) -> list[dict]:
+    """Copies of `cells` with `unresolved` (bool) and `floor` (what the cell was compared with); floor cells
+    get unresolved None."""
+    floors = {_floor_key(c): c for c in cells if c.get("method") == FLOOR_METHOD}
+    out = []
+    for c in cells:
+        if c.get("method") == FLOOR_METHOD:
+            out.append({**c, "unresolved": None, "floor": "is the floor"})
+            continue
+        floor = floors.get(_floor_key(c))
+        if floor is not None and c.get("window_sums") and floor.get("window_sums"):
+            d = paired_difference(c, floor, "delta_loss", samples=samples, seed=seed)
+            out.append({**c, "unresolved": bool(d["ci_low"] <= 0 <= d["ci_high"]),
+                        "floor": f"paired vs {floor.get('quantizer') or FLOOR_METHOD}"})
+            continue
+        lo, hi = c.get("delta_loss_ci_low"), c.get("delta_loss_ci_high")
+        out.append({**c, "unresolved": bool(lo is not None and lo <= 0 <= hi), "floor": "own interval includes 0"})
+    return out
+
+
+def resolved_only(cells: list[dict], samples: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
+    """(cells to fit and count: resolved, no floor cells), {"unresolved": n, "floor_cells": n, "by_bits": {...}}."""
+    marked = mark_unresolved(cells, samples, seed)
+    kept = [c for c in marked if c["unresolved"] is False]
+    gone = [c for c in marked if c["unresolved"]]
+    by_bits: dict = {}
+    for c in gone:
+        by_bits[c.get("bits")] = by_bits.get(c.get("bits"), 0) + 1
+    return kept, {"unresolved": len(gone), "floor_cells": sum(c["unresolved"] is None for c in marked),
+                  "by_bits": dict(sorted(by_bits.items(), key=lambda kv: str(kv[0])))}
