@@ -97,3 +97,19 @@ def test_published_cells_keep_their_protocol_hashes():
     for stored_hash, stored in db.execute("select distinct protocol_hash, protocol_json from cells"):
         assert Protocol.model_validate(json.loads(stored)).hash() == stored_hash
     assert resolve_protocol("qsens", {"max_tokens": 65536}).hash() == "576dee6c7da2384b"
+
+
+def test_the_heldout_gutenberg_books_are_the_listed_books_one_file_each():
+    import csv
+    import gzip
+    import hashlib
+
+    rows = [r for r in csv.DictReader(open(REPO / "data/gutenberg/books.tsv"), delimiter="\t") if r["split"] == "heldout"]
+    files = sorted((REPO / "data/eval/heldout-gutenberg").iterdir())
+    assert len(files) == len(rows) == 5
+    for f, r in zip(files, rows):
+        raw = gzip.decompress(f.read_bytes())
+        assert (len(raw), hashlib.sha256(raw).hexdigest()) == (int(r["clean_bytes"]), r["clean_sha256"])
+    # and they are the joined file's books, in its order, joined by one newline
+    joined = gzip.decompress((REPO / "data/eval/heldout-gutenberg.txt.gz").read_bytes())
+    assert joined == b"\n".join(gzip.decompress(f.read_bytes()) for f in files)
