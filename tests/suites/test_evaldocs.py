@@ -113,3 +113,13 @@ def test_the_heldout_gutenberg_books_are_the_listed_books_one_file_each():
     # and they are the joined file's books, in its order, joined by one newline
     joined = gzip.decompress((REPO / "data/eval/heldout-gutenberg.txt.gz").read_bytes())
     assert joined == b"\n".join(gzip.decompress(f.read_bytes()) for f in files)
+
+
+def test_the_whole_document_micro_suite_scores_both_novels_and_every_article():
+    suite = load_suite(REPO / "suites/micro-documents.yaml")
+    novels, wiki = suite.evals
+    assert [p.name for p in novels.documents] == ["PrideAndPrejudice.txt.gz", "Vathek.txt.gz"]
+    assert novels.protocol.max_tokens is None and wiki.protocol.max_tokens is None
+    assert (wiki.protocol.unit, wiki.protocol.split) == ("document", "wikitext_articles")
+    assert {c.train_seed for c in suite.checkpoints} >= {0, 1}
+    assert any(s.method == "roundtrip" for s in suite.quantizers)
