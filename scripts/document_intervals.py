@@ -2,8 +2,8 @@
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/document_intervals.py [checkpoint-dir] > out.jsonl
 
-s64 cosine 8M by default, RTN g8 asymmetric at 2/3/4/8 bits and a float16 round trip of the fp weights (the
-resolution floor: the Δ of rounding the weights to fp16 and back). Per eval and setting prints Δloss, the
+s64 cosine 8M by default, RTN g8 asymmetric at 2/3/4/8 bits and the resolution floor (`cast` with scope linears:
+the Δ of rounding the Linear weights RTN touches to fp16 and back). Per eval and setting prints Δloss, the
 published-style interval (one stretch: the first 65,536 / 32,768 tokens, block bootstrap), and on whole documents
 (Pride and Prejudice and Vathek as two documents; WikiText-2 test by article) the cell's own interval (documents
 fixed) and the two-level interval over documents (`qsens.metrics.docinterval`) with its between-document share.
@@ -23,7 +23,7 @@ from qsens.metrics.protocol import resolve_protocol
 from qsens.metrics.scoring import score_together
 from qsens.metrics.text import read_text
 from qsens.metrics.windows import build_eval_tokens
-from qsens.quantizers import rtn
+from qsens.quantizers import cast, rtn
 from qsens.quantizers.base import QuantContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,9 +45,8 @@ EVALS = {  # name: (text, protocol)
 ctx = QuantContext(fp_model=model, tokenizer=tok, device=cpu, seed=0, calibration=None, checkpoint_dir=None)
 quantized = {f"rtn-g8-{b}bit": rtn.quantize(ctx, rtn.Settings(bits=b, group_size=8, backend="torch")).model
              for b in (2, 3, 4, 8)}
-fp16 = AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float32).eval()
-fp16.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
-quantized["fp16-round-trip"] = fp16
+floor = cast.Settings(dtype="float16", scope="linears")
+quantized[floor.label()] = cast.quantize(ctx, floor).model
 for name, (text, protocol) in EVALS.items():
     tokens = build_eval_tokens(text, tok, protocol)
     ref, scores = score_together(model, quantized, tokens, cpu, 16, kl=False)

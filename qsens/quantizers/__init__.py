@@ -13,7 +13,7 @@ REGISTRY: dict[str, str] = {
     "gptq": "qsens.quantizers.gptq",
     "bnb": "qsens.quantizers.bnb",
     "noise": "qsens.quantizers.noise",
-    "roundtrip": "qsens.quantizers.roundtrip",
+    "cast": "qsens.quantizers.cast",
 }
 
 

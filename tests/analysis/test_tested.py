@@ -50,13 +50,21 @@ def test_cells_within_the_floor_are_unresolved_and_left_out():
     rng = np.random.default_rng(2)
     base = 1e-4 + 0.002 * rng.normal(size=W)
     signs = rng.permutation(np.repeat([1.0, -1.0], W // 2))
-    floor = cell(rng, 1, 4.0, base, 0.002, bits=16, method="roundtrip")
+    floor = cell(rng, 1, 4.0, base, 0.002, bits=16, method="cast", quantizer="cast-float16-linears",
+                 settings_json='{"method": "cast", "bits": 16, "dtype": "float16", "scope": "linears"}')
     near = cell(rng, 1, 4.0, base + 5e-5 + 0.002 * signs, 0.002, bits=8)  # 5e-5 above the floor, paired SE 1e-4
     far = cell(rng, 1, 4.0, 0.05, 0.002, bits=4)
     alone = cell(rng, 1, 4.0, 1e-5 + 0.002 * signs, 0.002, bits=8, eval="other", tokens_digest="other")  # no floor
-    marked = {(c["eval"], c["bits"]): c for c in mark_unresolved([floor, near, far, alone], samples=400)}
+    # a cast of every parameter (scope all) on the other eval is not the floor of Linear-only quantizers: `alone`
+    # is still judged by its own interval, and the cast row is left out of the fits all the same
+    cast_all = cell(rng, 1, 4.0, 0.0, 0.002, bits=16, method="cast", eval="other", tokens_digest="other",
+                    settings_json={"method": "cast", "bits": 16, "dtype": "float16", "scope": "all"})
+    cells = [floor, near, far, alone, cast_all]
+    marked = {(c["eval"], c["bits"]): c for c in mark_unresolved(cells, samples=400)}
     assert marked[("e", 8)]["unresolved"] and not marked[("e", 4)]["unresolved"]
-    assert marked[("e", 16)]["unresolved"] is None
+    assert marked[("e", 8)]["floor"] == "paired vs cast-float16-linears"
+    assert marked[("e", 16)]["unresolved"] is None and marked[("e", 16)]["floor"] == "is the floor"
     assert marked[("other", 8)]["unresolved"] and marked[("other", 8)]["floor"] == "own interval includes 0"
-    kept, info = resolved_only([floor, near, far, alone], samples=400)
-    assert [c["bits"] for c in kept] == [4] and info == {"unresolved": 2, "floor_cells": 1, "by_bits": {8: 2}}
+    assert marked[("other", 16)]["unresolved"] is None and marked[("other", 16)]["floor"] == "a cast row, not fitted"
+    kept, info = resolved_only(cells, samples=400)
+    assert [c["bits"] for c in kept] == [4] and info == {"unresolved": 2, "floor_cells": 2, "by_bits": {8: 2}}
