@@ -97,10 +97,11 @@ def fit_results(results_dir: str | Path, options: FitOptions = FitOptions()) -> 
         _check_writable(database(results))
     resolution = {}
     if options.exclude_unresolved:
-        from qsens.analysis.resolution import resolved_only
+        from qsens.analysis.resolution import for_fits
 
-        cells, resolution = resolved_only(cells, seed=options.seed)
-        if not cells:
+        # unresolved cells stay for the fp-loss fit; the degradation fits exclude them with a reason (groups.py)
+        cells, resolution = for_fits(cells, seed=options.seed)
+        if not any(c.get("unresolved") is False for c in cells):
             raise NoCellsToFit(f"every ok cell in {database(results)} is within its resolution floor")
     laws = tuple(LAWS[name] for name in options.laws)
     fitted = fit_cells(cells, metric=options.metric, n_boot=options.n_boot, seed=options.seed, laws=laws,

@@ -56,14 +56,25 @@ def mark_unresolved(cells: list[dict], samples: int = 1000, seed: int = 0) -> li
     return out
 
 
-def resolved_only(cells: list[dict], samples: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
-    """(cells to fit and count: resolved, no cast cells), {"unresolved": n, "floor_cells": n (every cast cell),
-    "by_bits": {...}}."""
+def for_fits(cells: list[dict], samples: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
+    """(the cells to hand to the fits: every non-cast cell, marked by `mark_unresolved`, the same counts as
+    `resolved_only`). Unresolved cells stay in: the degradation fits exclude them with a reason
+    (qsens.fit.groups.UNRESOLVED), and the fp-loss fit, which no quantizer's Δ concerns, keeps every checkpoint."""
     marked = mark_unresolved(cells, samples, seed)
-    kept = [c for c in marked if c["unresolved"] is False]
+    return [c for c in marked if c.get("method") != FLOOR_METHOD], _counts(marked)
+
+
+def _counts(marked: list[dict]) -> dict:
     gone = [c for c in marked if c["unresolved"]]
     by_bits: dict = {}
     for c in gone:
         by_bits[c.get("bits")] = by_bits.get(c.get("bits"), 0) + 1
-    return kept, {"unresolved": len(gone), "floor_cells": sum(c["unresolved"] is None for c in marked),
-                  "by_bits": dict(sorted(by_bits.items(), key=lambda kv: str(kv[0])))}
+    return {"unresolved": len(gone), "floor_cells": sum(c["unresolved"] is None for c in marked),
+            "by_bits": dict(sorted(by_bits.items(), key=lambda kv: str(kv[0])))}
+
+
+def resolved_only(cells: list[dict], samples: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
+    """(cells to fit and count: resolved, no cast cells), {"unresolved": n, "floor_cells": n (every cast cell),
+    "by_bits": {...}}."""
+    marked = mark_unresolved(cells, samples, seed)
+    return [c for c in marked if c["unresolved"] is False], _counts(marked)

@@ -19,7 +19,8 @@ are its seed universe (`seeds`), shared by its fits like the units, so draws sti
 Exclusion by evidence, not sign: a cell whose Δloss interval includes 0 (`<metric>_ci_low` ≤ 0 ≤ `_ci_high`:
 8-bit, early checkpoints, where the measured difference is noise around zero) carries no evidence of
 degradation and is *excluded*, whatever its sign, so noise cannot set an exponent; so is a non-positive or
-non-finite value (a log-space fit cannot use it; cells without an interval are judged by sign alone). Every
+non-finite value (a log-space fit cannot use it; cells without an interval are judged by sign alone), and so is a
+cell `qsens.analysis.resolution` flagged `unresolved` (its Δ within the fp16 floor's noise). Every
 excluded point is recorded (checkpoint, bits, value, reason) and counted with the fit. No floor is substituted:
 a floor would set the fitted exponent as much as the data do.
 
@@ -136,6 +137,7 @@ def fp_groups(cells: list[dict]) -> dict[GroupKey, list[dict]]:
 
 
 NO_EVIDENCE = "interval includes 0 (no evidence of degradation)"
+UNRESOLVED = "within the resolution floor (qsens.analysis.resolution)"
 
 
 def exclusion_reason(cell: dict, metric: str) -> str | None:
@@ -168,6 +170,11 @@ def to_points(cells: list[dict], metric: str, with_bits: bool = True, bits_axis:
         reason = exclusion_reason(c, metric)
         if reason == NO_EVIDENCE and not exclude_no_evidence and value > 0:
             reason = None
+        # flagged by qsens.analysis.resolution: Δ not told from the floor's. Checked after the cell's own interval,
+        # so without a floor cell (where unresolved means that interval includes 0) the reason is NO_EVIDENCE as
+        # before; never for the fp-loss fit (with_bits False), which no quantizer's Δ concerns
+        if not reason and with_bits and c.get("unresolved"):
+            reason = UNRESOLVED
         if reason:
             excluded.append({"checkpoint": c.get("checkpoint"), "bits": c.get("bits"),
                              "value": None if math.isnan(value) else value, "reason": reason})

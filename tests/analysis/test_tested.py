@@ -68,3 +68,27 @@ def test_cells_within_the_floor_are_unresolved_and_left_out():
     assert marked[("other", 16)]["unresolved"] is None and marked[("other", 16)]["floor"] == "a cast row, not fitted"
     kept, info = resolved_only(cells, samples=400)
     assert [c["bits"] for c in kept] == [4] and info == {"unresolved": 2, "floor_cells": 2, "by_bits": {8: 2}}
+
+
+def test_fits_exclude_unresolved_cells_from_degradation_fits_only():
+    """for_fits drops every cast cell and keeps the unresolved ones marked: the degradation fit's points leave them
+    out with the resolution reason, the fp-loss fit keeps their checkpoint (its fp loss has nothing to do with Δ)."""
+    from qsens.analysis.resolution import for_fits
+    from qsens.fit.groups import UNRESOLVED, to_points
+
+    rng = np.random.default_rng(3)
+    base = 1e-4 + 0.002 * rng.normal(size=W)
+    signs = rng.permutation(np.repeat([1.0, -1.0], W // 2))
+    floor = cell(rng, 1, 4.0, base, 0.002, bits=16, method="cast", quantizer="cast-float16-linears",
+                 settings_json={"method": "cast", "bits": 16, "dtype": "float16", "scope": "linears"}, key="floor")
+    # own interval excludes 0 (Δ ≈ 3e-4 ± 2e-4), but it is 5e-5 from the floor's Δ with paired SE 1e-4
+    near = cell(rng, 1, 4.0, base + 5e-5 + 0.002 * signs, 0.002, bits=8, key="near")
+    near.update(delta_loss_ci_low=near["delta_loss"] / 2, delta_loss_ci_high=near["delta_loss"] * 1.5)
+    far = cell(rng, 1, 4.0, 0.05, 0.002, bits=4, key="far")
+    cells, info = for_fits([floor, near, far], samples=400)
+    assert [c["key"] for c in cells] == ["near", "far"] and info["unresolved"] == 1 and info["floor_cells"] == 1
+    points, excluded, _ = to_points(cells, "delta_loss")
+    assert points.keys == ("far",) and excluded == [{"checkpoint": near["checkpoint"], "bits": 8,
+                                                    "value": near["delta_loss"], "reason": UNRESOLVED}]
+    fp_points, fp_excluded, _ = to_points(cells, "fp_loss", with_bits=False)
+    assert set(fp_points.keys) == {"near", "far"} and fp_excluded == []
