@@ -106,7 +106,20 @@ def u_curve(cells: list[dict], ev: str) -> Claim:
                                                     if examples and bits == min(numbers) else ""))
     text = (f"**The U-curve** (quantized loss fp + Δ lowest before the largest budget, `{ev}`, per (family, size)): "
             + "; ".join(lines) + ".")
+    tested = _u_curve_tested(cells, ev)
+    if tested:  # issue 21: count only turns whose paired interval excludes 0
+        text += (" Counted by a paired test (quantized loss at the largest budget minus its lowest point, same tokens): "
+                 + "; ".join(f"{b}-bit: {t.text('series')}" for b, t in tested.items()) + ".")
+        numbers["tested"] = {b: (t.resolved, t.unresolved, t.total) for b, t in tested.items()}
     return Claim("u_curve", text, True, numbers)
+
+
+def _u_curve_tested(cells: list[dict], ev: str) -> dict:
+    from qsens.analysis.tested import u_curve_tested
+
+    if not all(c.get("window_sums") and c.get("tokens_digest") for c in cells if c["eval"] == ev):
+        return {}  # cells stored before window sums were kept: no paired test possible
+    return u_curve_tested(cells, ev)
 
 
 def _fit_rows(fits: list[dict], law: str, ev: str | None = None, axis: str | None = "nominal") -> list[dict]:
@@ -162,8 +175,11 @@ def schedules(comparisons: list[dict], fits: list[dict]) -> Claim:
             f"have an interval excluding 0"
             + (f" (SD of the difference {min(sds):.2f}–{max(sds):.2f})" if sds else "")
             + (f"; {misfit} of {len(rows)} compare fits that do not fit their data" if misfit else "") + ".")
+    smaller_resolved = sum(bool(c["differs"]) and (c["difference"] > 0) == (c["schedule_a"] == "cosine") for c in rows)
+    text += (f" Counted only where the interval excludes 0: smaller in {smaller_resolved} of {len(rows)}, larger in "
+             f"{significant - smaller_resolved}, unresolved in {len(rows) - significant}.")
     return Claim("schedules", text, True, {"n": len(rows), "wsd_smaller": smaller, "significant": significant,
-                                           "misfit": misfit})
+                                           "misfit": misfit, "wsd_smaller_resolved": smaller_resolved})
 
 
 def gamma(fits: list[dict], ev: str) -> Claim:

@@ -38,6 +38,8 @@ class FitOptions:
     laws: tuple[str, ...] = DELTA_LAW_NAMES  # degradation laws; the Chinchilla fp-loss fit always runs
     bits_axes: tuple[str, ...] = BITS_AXES  # P of the pooled laws: nominal and/or effective bits
     store: bool = True  # False: compute only, leave the fits table as it is
+    # leave out cells whose Δ is within the resolution floor (qsens.analysis.resolution), counted in FitRun
+    exclude_unresolved: bool = True
 
 
 @dataclass
@@ -48,6 +50,7 @@ class FitRun:
     records: list[dict] = field(default_factory=list)
     comparisons: list[dict] = field(default_factory=list)
     stored: bool = False
+    resolution: dict = field(default_factory=dict)  # what exclude_unresolved left out (qsens.analysis.resolution)
 
     @property
     def ok(self) -> int:
@@ -92,10 +95,18 @@ def fit_results(results_dir: str | Path, options: FitOptions = FitOptions()) -> 
     cells = _check(results, options)
     if options.store:
         _check_writable(database(results))
+    resolution = {}
+    if options.exclude_unresolved:
+        from qsens.analysis.resolution import for_fits
+
+        # unresolved cells stay for the fp-loss fit; the degradation fits exclude them with a reason (groups.py)
+        cells, resolution = for_fits(cells, seed=options.seed)
+        if not any(c.get("unresolved") is False for c in cells):
+            raise NoCellsToFit(f"every ok cell in {database(results)} is within its resolution floor")
     laws = tuple(LAWS[name] for name in options.laws)
     fitted = fit_cells(cells, metric=options.metric, n_boot=options.n_boot, seed=options.seed, laws=laws,
                        bits_axes=options.bits_axes)
-    run = FitRun(results, [f.record for f in fitted], compare_schedules(fitted))
+    run = FitRun(results, [f.record for f in fitted], compare_schedules(fitted), resolution=resolution)
     if options.store:
         write_fits(results, run.records, run.comparisons)
         run.stored = True

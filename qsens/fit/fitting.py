@@ -27,6 +27,20 @@ unit of the fit group and eval, see groups.py), and draw i of every fit that sha
 the same units. A unit a fit excluded (e.g. an 8-bit cell whose interval includes 0) contributes nothing to that fit
 when picked, so the pairing survives exclusion. Draws that cannot identify the fit are skipped; `draw_ids` says
 which draw each kept refit is, and paired statistics intersect them.
+
+Training seeds (issue 21): where the points carry more than one training seed (`Points.replicate`; a family with
+seed replicates, e.g. the micro family's seeds 0, 1, 2), a checkpoint's jitter is not its only noise: a seed's
+whole trajectory can sit above another's. So each draw first resamples the seeds with replacement (whole
+trajectories: the outer level), then the units (N, D) as above, and takes, for every drawn seed and every drawn
+unit, that seed's points at that unit. Seeds and (N, D) are crossed (every seed trains every budget), so one unit
+draw serves all drawn seeds; resampling both levels of a crossed design counts the seed-by-checkpoint interaction
+twice, so the interval errs wide (McCullagh 2000, "Resampling and exchangeable arrays"). With pure seed offsets
+c_s on an exact law the draws of the intercept are means of c over the drawn seeds, whose bootstrap variance is
+mean((c − c̄)²) / S (tests/fit/test_seeds.py). The seed universe is that of the fit group and eval, like the units:
+a fit draws the same seeds and units in draw i as its siblings; a fit of one seed only (e.g. a setting scored on
+seed 0 alone) ignores the seed draw and resamples units as before, so its units stay paired. The expanded
+percentiles, the jackknife (BCa) and the sandwich errors stay per unit (N, D), every seed's points of a unit
+together. With one seed the draws are exactly those of the unit bootstrap alone.
 """
 
 from __future__ import annotations
@@ -74,6 +88,7 @@ class FitResult:
     se: np.ndarray | None = None  # shape (p,): sandwich standard errors (standard_errors), 0 where held
     draw_ids: np.ndarray | None = None  # shape (n_ok,): which bootstrap draw each row of draws is
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # free parameters' bounds, if any
+    seeds: tuple[str, ...] = ()  # the training seeds the bootstrap resampled (module doc); () when one seed
 
     def at_bounds(self) -> list[str]:
         """Free parameters that ended at (within 1e-4 of the width of) one of their finite bounds."""
@@ -252,21 +267,39 @@ def r_squared(law: Law, theta: np.ndarray, x: Points) -> tuple[float, np.ndarray
     return (float(1 - np.sum(resid ** 2) / total) if total > 0 else float("nan")), resid
 
 
+def resampled_seeds(x: Points, seeds: np.ndarray | None = None) -> np.ndarray:
+    """The seed universe of a bootstrap (module doc, training seeds): shape (s,), sorted; one entry (or none) means
+    seeds are not resampled."""
+    if seeds is not None:
+        return np.unique(np.asarray(seeds, dtype=str))
+    return np.unique(x.replicate) if x.replicate is not None else np.array([], dtype=str)
+
+
 def bootstrap(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray, n_boot: int,
-              seed: int, universe: np.ndarray | None = None, e_floor: float | None = None
-              ) -> tuple[np.ndarray, int, np.ndarray]:
+              seed: int, universe: np.ndarray | None = None, e_floor: float | None = None,
+              seeds: np.ndarray | None = None) -> tuple[np.ndarray, int, np.ndarray]:
     """Refits on units resampled with replacement: (draws of shape (n_ok, p), number skipped, draw ids (n_ok,)).
 
     Draw b picks len(universe) units from the sorted universe (default: x's own units) with `default_rng(seed)`;
-    every fit with the same universe and seed sees the same picks (module doc: paired draws)."""
+    every fit with the same universe and seed sees the same picks (module doc: paired draws). With more than one
+    training seed in `seeds` (default: x's own replicates), draw b first picks len(seeds) seeds, then the units,
+    and takes every drawn seed's points at every drawn unit (module doc: training seeds)."""
     universe = np.unique(x.cluster) if universe is None else np.asarray(universe)
+    seed_universe = resampled_seeds(x, seeds)
+    own = set() if x.replicate is None else set(np.unique(x.replicate)) & set(seed_universe)
+    by_seed = len(seed_universe) > 1 and len(own) > 1  # else: the unit bootstrap alone (its seed draw is ignored)
     members = [np.flatnonzero(x.cluster == c) for c in universe]
+    if by_seed:
+        members_of = [[np.flatnonzero((x.cluster == c) & (x.replicate == s)) for c in universe]
+                      for s in seed_universe]
     rng = np.random.default_rng(seed)
     free_start = [np.array([v for p, v in zip(law.params, theta) if p not in fixed])]
     draws, ids, failed = [], [], 0
     for b in range(n_boot):
+        seed_pick = rng.integers(0, len(seed_universe), len(seed_universe)) if len(seed_universe) > 1 else None
         pick = rng.integers(0, len(universe), len(universe))
-        sample = x.take(np.concatenate([members[i] for i in pick] + [np.array([], dtype=int)]))
+        chosen = ([members_of[s][i] for s in seed_pick for i in pick] if by_seed else [members[i] for i in pick])
+        sample = x.take(np.concatenate(chosen + [np.array([], dtype=int)]))
         try:
             check_identifiable(law, sample, fixed)
             starts = free_start if not law.linear else None
@@ -302,9 +335,11 @@ def loo_largest_d(law: Law, x: Points, fixed: dict[str, float], e_floor: float |
 
 
 def fit_law(law: Law, x: Points, n_boot: int = 1000, seed: int = 0, loo: bool = True,
-            confidence: float = 0.95, universe: np.ndarray | None = None, e_floor: float | None = None) -> FitResult:
+            confidence: float = 0.95, universe: np.ndarray | None = None, e_floor: float | None = None,
+            seeds: np.ndarray | None = None) -> FitResult:
     """Fit law to x (y > 0) with bootstrap CIs and LOO errors. Raises FitError when x is too small.
-    universe: the bootstrap units to draw from (module doc); e_floor: the entropy floor of E (Law.bounds)."""
+    universe: the bootstrap units to draw from (module doc); e_floor: the entropy floor of E (Law.bounds);
+    seeds: the training seeds to draw from (module doc: training seeds; default x's own replicates)."""
     if np.any(~np.isfinite(x.y)) or np.any(x.y <= 0):
         raise ValueError("fit_law needs finite, positive y; exclude the other points first")
     x = canonical(x)
@@ -312,7 +347,9 @@ def fit_law(law: Law, x: Points, n_boot: int = 1000, seed: int = 0, loo: bool = 
     check_identifiable(law, x, fixed)
     theta = fit_theta(law, x, fixed, None, e_floor)
     r2, resid = r_squared(law, theta, x)
-    draws, failed, ids = bootstrap(law, x, fixed, theta, n_boot, seed, universe, e_floor)
+    draws, failed, ids = bootstrap(law, x, fixed, theta, n_boot, seed, universe, e_floor, seeds)
+    own = set() if x.replicate is None else set(np.unique(x.replicate)) & set(resampled_seeds(x, seeds))
     return FitResult(law, theta, draws, fixed, r2, resid, x, loo_largest_d(law, x, fixed, e_floor) if loo else [],
                      failed, confidence, jackknife(law, x, fixed, theta, e_floor) if n_boot else None,
-                     standard_errors(law, theta, x, fixed, x.cluster), ids, law.bounds(x, fixed, e_floor))
+                     standard_errors(law, theta, x, fixed, x.cluster), ids, law.bounds(x, fixed, e_floor),
+                     tuple(sorted(own)) if len(own) > 1 else ())

@@ -11,10 +11,16 @@ Bootstrap unit: a point's `cluster` is its fit group and (N, D): the checkpoint,
 group (same sizes, budgets and data order), the checkpoint's twin. All fits of one (fit group, eval) resample the
 same units in the same draws, so draws pair up across schedules and between the fp-loss and Δloss fits (D*).
 
+Training seeds: a checkpoint's training seed (cell column `train_seed`, init and data order) is its `replicate`.
+Seed replicates of one (N, D) share the unit, and a fit group whose cells carry more than one seed is resampled
+by seed as well, whole trajectories at a time (qsens.fit.fitting: training seeds); the seeds of a (fit group, eval)
+are its seed universe (`seeds`), shared by its fits like the units, so draws still pair up.
+
 Exclusion by evidence, not sign: a cell whose Δloss interval includes 0 (`<metric>_ci_low` ≤ 0 ≤ `_ci_high`:
 8-bit, early checkpoints, where the measured difference is noise around zero) carries no evidence of
 degradation and is *excluded*, whatever its sign, so noise cannot set an exponent; so is a non-positive or
-non-finite value (a log-space fit cannot use it; cells without an interval are judged by sign alone). Every
+non-finite value (a log-space fit cannot use it; cells without an interval are judged by sign alone), and so is a
+cell `qsens.analysis.resolution` flagged `unresolved` (its Δ within the fp16 floor's noise). Every
 excluded point is recorded (checkpoint, bits, value, reason) and counted with the fit. No floor is substituted:
 a floor would set the fitted exponent as much as the data do.
 
@@ -89,6 +95,17 @@ def units(cells: list[dict]) -> np.ndarray:
     return np.unique(np.array([unit_id(c) for c in cells if c.get("n_params") and c.get("tokens")], dtype=str))
 
 
+def replicate_id(cell: dict) -> str:
+    """The training-seed replicate of a cell's checkpoint: its train_seed as a string, '' when it has none."""
+    seed = cell.get("train_seed")
+    return "" if seed is None else str(int(seed))
+
+
+def seeds(cells: list[dict]) -> np.ndarray:
+    """Sorted unique training-seed replicates of the cells: shape (s,), the seed universe a bootstrap draws from."""
+    return np.unique(np.array([replicate_id(c) for c in cells if c.get("n_params") and c.get("tokens")], dtype=str))
+
+
 def family_label(cells: list[dict]) -> str:
     """The member families of a group, comma-joined (sorted)."""
     return ",".join(sorted({str(c.get("family")) for c in cells}))
@@ -120,6 +137,7 @@ def fp_groups(cells: list[dict]) -> dict[GroupKey, list[dict]]:
 
 
 NO_EVIDENCE = "interval includes 0 (no evidence of degradation)"
+UNRESOLVED = "within the resolution floor (qsens.analysis.resolution)"
 
 
 def exclusion_reason(cell: dict, metric: str) -> str | None:
@@ -152,6 +170,11 @@ def to_points(cells: list[dict], metric: str, with_bits: bool = True, bits_axis:
         reason = exclusion_reason(c, metric)
         if reason == NO_EVIDENCE and not exclude_no_evidence and value > 0:
             reason = None
+        # flagged by qsens.analysis.resolution: Δ not told from the floor's. Checked after the cell's own interval,
+        # so without a floor cell (where unresolved means that interval includes 0) the reason is NO_EVIDENCE as
+        # before; never for the fp-loss fit (with_bits False), which no quantizer's Δ concerns
+        if not reason and with_bits and c.get("unresolved"):
+            reason = UNRESOLVED
         if reason:
             excluded.append({"checkpoint": c.get("checkpoint"), "bits": c.get("bits"),
                              "value": None if math.isnan(value) else value, "reason": reason})
@@ -164,6 +187,7 @@ def to_points(cells: list[dict], metric: str, with_bits: bool = True, bits_axis:
         y=np.array([float(c[metric]) for c in rows]),
         cluster=np.array([unit_id(c) for c in rows], dtype=str),
         keys=tuple(str(c.get("key")) for c in rows),
+        replicate=np.array([replicate_id(c) for c in rows], dtype=str),
     )
     return points, excluded, inputs
 

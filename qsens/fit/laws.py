@@ -51,7 +51,9 @@ class Points:
     """Fit inputs, one entry per point; all arrays have shape (m,).
 
     n: non-embedding parameters N; d: tokens D; p: bits P (NaN where unused); y: the fitted value (> 0);
-    cluster: checkpoint identity (bootstrap resamples whole checkpoints); keys: the cell key(s) of each point."""
+    cluster: checkpoint identity (bootstrap resamples whole checkpoints); keys: the cell key(s) of each point;
+    replicate: str [m], the training seed of each point's checkpoint (qsens.fit.groups.replicate_id), or None
+    (one seed): with several, the bootstrap resamples seeds too (qsens.fit.fitting, training seeds)."""
 
     n: np.ndarray
     d: np.ndarray
@@ -59,10 +61,11 @@ class Points:
     y: np.ndarray
     cluster: np.ndarray
     keys: tuple[str, ...]
+    replicate: np.ndarray | None = None
 
     def take(self, idx: np.ndarray) -> "Points":
         return Points(self.n[idx], self.d[idx], self.p[idx], self.y[idx], self.cluster[idx],
-                      tuple(self.keys[i] for i in idx))
+                      tuple(self.keys[i] for i in idx), None if self.replicate is None else self.replicate[idx])
 
     def __len__(self) -> int:
         return len(self.y)

@@ -60,9 +60,10 @@ def entropy_floor(cells: list[dict]) -> float | None:
 
 
 def fit_group(law: Law, group: groups.GroupKey, cells: list[dict], metric: str, n_boot: int,
-              seed: int, universe: np.ndarray | None = None) -> Fitted:
+              seed: int, universe: np.ndarray | None = None, seeds: np.ndarray | None = None) -> Fitted:
     """Fit one law to one group of cells; never raises for too little data (status 'insufficient').
-    universe: the bootstrap units of the group's fit group and eval (default: the group's own)."""
+    universe, seeds: the bootstrap units and training seeds of the group's fit group and eval (default: the
+    group's own; qsens.fit.fitting)."""
     points, excluded, inputs = groups.to_points(cells, metric, with_bits=law.target == "delta",
                                                 bits_axis=group.bits_axis or "nominal")
     record = {
@@ -73,9 +74,10 @@ def fit_group(law: Law, group: groups.GroupKey, cells: list[dict], metric: str, 
         "inputs": sorted(k for k, _ in inputs), "n_boot": n_boot, "seed": seed,
     }
     universe = groups.units(cells) if universe is None else universe
+    seeds = groups.seeds(cells) if seeds is None else seeds
     try:
         result = fit_law(law, points, n_boot=n_boot, seed=family_seed(seed, group), universe=universe,
-                         e_floor=entropy_floor(cells) if law.target == "fp" else None)
+                         e_floor=entropy_floor(cells) if law.target == "fp" else None, seeds=seeds)
     except FitError as exc:
         note = f" ({len(excluded)} excluded: {excluded[0]['reason']})" if excluded else ""
         return Fitted({**record, "status": "insufficient", "verdict": "insufficient",
@@ -93,7 +95,9 @@ def fit_group(law: Law, group: groups.GroupKey, cells: list[dict], metric: str, 
                    "residuals": residuals, "loo": result.loo, "n_boot_failed": result.n_boot_failed,
                    "diagnostics": diagnostics, "verdict": diagnostics["verdict"],
                    "draws": {"params": list(law.params), "values": draws.tolist(),
-                             "ids": result.draw_ids[:MAX_STORED_DRAWS].tolist()}}, result)
+                             "ids": result.draw_ids[:MAX_STORED_DRAWS].tolist(),
+                             # the training seeds resampled as whole trajectories (absent: one seed)
+                             **({"seeds": list(result.seeds)} if result.seeds else {})}}, result)
 
 
 def paired_draws(a: FitResult, b: FitResult) -> tuple[np.ndarray, np.ndarray]:
@@ -144,18 +148,21 @@ def fit_cells(cells: list[dict], metric: str = "delta_loss", n_boot: int = 1000,
               laws: tuple[Law, ...] = DELTA_LAWS, bits_axes: tuple[str, ...] = groups.BITS_AXES) -> list[Fitted]:
     """Every law on every group: the fp-loss (Chinchilla) fits first, then the degradation laws with D*, on each
     bits axis (the per-bit Ouyang form does not depend on the axis and is fitted once, on nominal bits)."""
-    universe = {}  # (fit group, eval) -> every bootstrap unit of it, across schedules
+    members = {}  # (fit group, eval) -> its cells, across schedules
     for c in cells:
         if c.get("n_params") and c.get("tokens"):
-            universe.setdefault((groups.fit_group_of(c), c.get("eval")), []).append(c)
-    universe = {k: groups.units(v) for k, v in universe.items()}
-    fp_fits = {g: fit_group(CHINCHILLA, g, cs, "fp_loss", n_boot, seed, universe[(g.fit_group, g.eval)])
+            members.setdefault((groups.fit_group_of(c), c.get("eval")), []).append(c)
+    universe = {k: groups.units(v) for k, v in members.items()}  # every bootstrap unit (N, D) of it
+    seed_universe = {k: groups.seeds(v) for k, v in members.items()}  # every training seed of it
+    fp_fits = {g: fit_group(CHINCHILLA, g, cs, "fp_loss", n_boot, seed, universe[(g.fit_group, g.eval)],
+                            seed_universe[(g.fit_group, g.eval)])
                for g, cs in groups.fp_groups(cells).items()}
     out = list(fp_fits.values())
     for law in laws:
         for axis in bits_axes if law.pooled_bits else ("nominal",):
             for g, cs in groups.delta_groups(cells, per_bits=not law.pooled_bits, bits_axis=axis).items():
-                fitted = fit_group(law, g, cs, metric, n_boot, seed, universe[(g.fit_group, g.eval)])
+                fitted = fit_group(law, g, cs, metric, n_boot, seed, universe[(g.fit_group, g.eval)],
+                                   seed_universe[(g.fit_group, g.eval)])
                 fp = fp_fits.get(groups.GroupKey(g.fit_group, g.schedule, g.eval))
                 if metric == "delta_loss" and fitted.result is not None and fp is not None and fp.result is not None:
                     fitted.record["d_star"] = d_star_table(fp.result, fitted.result, cs, axis)

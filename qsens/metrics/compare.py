@@ -25,6 +25,7 @@ _SUMS = {
     "q_loss": lambda s: s["fp_nll"] + s["delta_nll"],
     "fp_loss": lambda s: s["fp_nll"],
 }
+SUMS = _SUMS  # public name, for the document-level intervals (qsens.metrics.docinterval)
 
 
 def encode_window_sums(sums: dict[str, np.ndarray]) -> str:

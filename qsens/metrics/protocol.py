@@ -41,8 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # 2: circular block bootstrap with a data-chosen block length; words/bytes over the scored span; wikitext_articles
 #    as the HF document-level dataset splits it.
 METRICS_VERSION = 2
-# Protocol fields added since, with their defaults (the protocol they leave unchanged).
-LATER_DEFAULTS = {"window_bos": False, "score_from": "all"}
+# Protocol fields added after cells were published, with their defaults (the protocol they leave unchanged): left
+# out of the hash at their default, so old keys stay valid.
+LATER_DEFAULTS = {"window_bos": False, "score_from": "all", "separator": None, "max_tokens_rule": "first"}
 
 
 class Protocol(BaseModel):
@@ -51,9 +52,11 @@ class Protocol(BaseModel):
     unit: Literal["stream", "document"] = Field(
         "stream", description="score one concatenated stream, or each document on its own (no cross-document context)"
     )
-    split: Literal["none", "lines", "lines_keepends", "hf_rows", "blank_lines", "wikitext_articles"] = Field(
+    split: Literal["none", "lines", "lines_keepends", "hf_rows", "blank_lines", "wikitext_articles", "separator"] = Field(
         "none", description="how the file is cut into documents before joining or per-document scoring"
     )
+    separator: str | None = Field(None, min_length=1, description="split: separator: the exact string between "
+                                                                  "documents (e.g. a line '<|endoftext|>')")
     joiner: str = Field("\n\n", description="separator between documents when unit is 'stream'")
     detokenize: Literal["none", "wikitext"] = "none"
     context_length: int | Literal["model"] = Field(128, description="tokens per window, or 'model': its maximum")
@@ -68,6 +71,9 @@ class Protocol(BaseModel):
         "scored", description="bytes/words over the scored tokens' text, or over whole source documents (lm-eval)"
     )
     max_tokens: int | None = Field(None, ge=2, le=2**63 - 1, description="cap on tokens fed (stream) or summed over documents")
+    max_tokens_rule: Literal["first", "even"] = Field(
+        "first", description="first: the first max_tokens of the documents in order; even: an equal share from the "
+                             "start of every document (a share a short document leaves is spread over the others)")
     batch_size: int = Field(8, ge=1, le=4096, description="windows per forward pass; does not change any number")
     window_bos: bool = Field(False, description="replace every window's first input token by BOS (llama-perplexity)")
     score_from: Literal["all", "second_half"] = Field(
@@ -79,6 +85,12 @@ class Protocol(BaseModel):
             raise ValueError(f"context_length must be in 2..{1 << 20} or 'model', got {self.context_length}")
         if self.context_length == "model" and self.stride is not None:
             raise ValueError("stride needs a numeric context_length (with 'model' windows do not overlap)")
+        if (self.split == "separator") != (self.separator is not None):
+            raise ValueError("split: separator and a `separator` string go together (got split "
+                             f"{self.split!r}, separator {self.separator!r})")
+        if self.max_tokens_rule == "even" and (self.unit != "document" or self.max_tokens is None):
+            raise ValueError("max_tokens_rule: even shares max_tokens between documents: it needs unit: document "
+                             "and max_tokens")
         if self.stride is not None and self.stride > self.context_length:
             raise ValueError(f"stride ({self.stride}) must be <= context_length ({self.context_length})")
         if self.score_from == "second_half" and (self.stride not in (None, self.context_length) or not self.drop_last):

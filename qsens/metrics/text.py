@@ -20,7 +20,7 @@ def read_text(path: str | Path) -> str:
     return raw.decode("utf-8")
 
 
-def split_documents(text: str, split: str) -> list[str]:
+def split_documents(text: str, split: str, separator: str | None = None) -> list[str]:
     """Cut text into documents.
 
     none: the whole file is one document.
@@ -29,6 +29,7 @@ def split_documents(text: str, split: str) -> list[str]:
     hf_rows: the rows of HF `wikitext` (`wikitext-2-raw-v1`, what GPTQ joins with "\n\n"): every line with its
         trailing newline, but a whitespace-only line is the empty string (the dataset script yields "" for it).
     blank_lines: paragraphs separated by one or more blank lines, surrounding whitespace stripped.
+    separator: the text cut at every occurrence of `separator` (documents that are only whitespace dropped).
     wikitext_articles: the pages of EleutherAI/wikitext_document_level (what lm-eval's `wikitext` task scores):
         the file split on "\n"; a line that, with "= = =" -> "===", "= =" -> "==" and stripped, starts with "= " and
         ends with " =" opens a new page; a page is its lines joined by "\n" (so no newline after its last line,
@@ -45,6 +46,10 @@ def split_documents(text: str, split: str) -> list[str]:
         parts = text.split("\n")
         rows = [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
         return [row if row.strip() else "" for row in rows]
+    if split == "separator":
+        if not separator:
+            raise ValueError("split 'separator' needs a non-empty separator")
+        return [d for d in text.split(separator) if d.strip()]
     if split == "blank_lines":
         return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     if split == "wikitext_articles":
@@ -85,7 +90,7 @@ def documents_for(text: str, protocol: Protocol, with_source: bool = False) -> l
 
     with_source (documents only): (text to tokenize, the document before detokenization) pairs.
     """
-    sources = split_documents(text, protocol.split)
+    sources = split_documents(text, protocol.split, protocol.separator)
     docs = [wikitext_detokenize(d) for d in sources] if protocol.detokenize == "wikitext" else sources
     if protocol.unit == "stream":
         return [protocol.joiner.join(docs)]

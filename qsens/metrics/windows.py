@@ -170,6 +170,24 @@ def _documents(text: str, protocol: Protocol) -> list[tuple[str, str]]:
     return [(d, d) for d in documents_for(text, protocol)]
 
 
+def even_shares(lengths: list[int], cap: int) -> list[int]:
+    """Tokens to keep from each document so that they sum to min(cap, sum(lengths)) in shares as equal as the
+    documents allow: a document shorter than its share is kept whole and the rest is shared among the others
+    (water-filling); the share's remainder goes one token each to the first documents."""
+    keep = [0] * len(lengths)
+    left, open_ = min(cap, sum(lengths)), sorted(range(len(lengths)), key=lambda i: lengths[i])
+    while open_:
+        share, extra = divmod(left, len(open_))
+        if lengths[open_[0]] <= share:
+            i = open_.pop(0)
+            keep[i], left = lengths[i], left - lengths[i]
+            continue
+        for rank, i in enumerate(sorted(open_)):
+            keep[i] = share + (rank < extra)
+        break
+    return keep
+
+
 def build_eval_tokens(text: str, tokenizer, protocol: Protocol, model_max_length: int | None = None) -> EvalTokens:
     """Tokenize `text` and lay out its scoring windows; raises ValueError if nothing would be scored.
 
@@ -182,11 +200,26 @@ def build_eval_tokens(text: str, tokenizer, protocol: Protocol, model_max_length
     budget = protocol.max_tokens
     windows, targets, tbytes, widx, wdoc, n_words = [], [], [], [], [], 0
     digest = hashlib.sha256()
-    for d, (doc, source) in enumerate(_documents(text, protocol)):
+    documents = _documents(text, protocol)
+
+    def encode(doc: str):
         ids, nbytes, nwords = _encode(tokenizer, doc, protocol.add_special_tokens)
         if prefix is not None:
             ids, nbytes, nwords = [prefix] + ids, np.concatenate([[0], nbytes]), np.concatenate([[0], nwords])
-        if budget is not None:
+        return ids, nbytes, nwords
+
+    shares = None
+    if protocol.max_tokens_rule == "even":  # every document's length first; otherwise encode as they are scored
+        encoded = [encode(doc) for doc, _ in documents]
+        shares = even_shares([len(e[0]) for e in encoded], budget)
+    else:
+        encoded = (encode(doc) for doc, _ in documents)
+    for d, ((doc, source), (ids, nbytes, nwords)) in enumerate(zip(documents, encoded)):
+        if shares is not None:
+            if shares[d] < 2:  # nothing to score: the document contributes no window
+                continue
+            ids, nbytes, nwords = ids[:shares[d]], nbytes[:shares[d]], nwords[:shares[d]]
+        elif budget is not None:
             if protocol.counts == "source" and len(ids) > budget:
                 break  # source counts are per whole document: never score part of one
             ids, nbytes, nwords = ids[:budget], nbytes[:budget], nwords[:budget]
@@ -217,7 +250,7 @@ def build_eval_tokens(text: str, tokenizer, protocol: Protocol, model_max_length
             widx.append(torch.full((p.t_hi - p.t_lo,), len(windows) - 1, dtype=torch.int64))
             wdoc.append(d)
             digest.update(inp.numpy().tobytes() + b"|" + targets[-1].numpy().tobytes() + b"#")
-        if budget is not None and budget <= 0:
+        if shares is None and budget is not None and budget <= 0:
             break
     if not windows:
         raise ValueError("the eval text yields no scored token under this protocol (text too short for drop_last?)")

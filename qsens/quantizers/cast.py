@@ -3,8 +3,8 @@
 A model served in half precision differs from the float32 reference by this much before any quantizer acts, so
 a quantizer's Δ or KL at or below this row's is not resolved from the dtype's own rounding. Every floating
 parameter is cast (Linear weights and biases, embeddings, norms; `scope: linears` casts only the selected Linear
-weights); the forward still runs in float32, so only the weights' rounding is measured. Issue 21's per-cell fp16
-"resolution floor" is a different thing (a second fp pass per cell); this one is a quantizer row of its own.
+weights); the forward still runs in float32, so only the weights' rounding is measured. With `scope: linears` it
+is issue 21's resolution floor (`qsens.analysis.resolution`): a cell within the floor's noise is not resolved.
 
 bits is 16 (the dtype's width); effective_bits the same.
 """

@@ -69,7 +69,7 @@ def _cached_eval_tokens(tokenizer, ev: EvalText, max_length: int) -> EvalTokens:
     if digest is not None and key in _EVAL_TOKENS:
         _EVAL_TOKENS.move_to_end(key)
         return _EVAL_TOKENS[key]
-    tokens = build_eval_tokens(read_text(ev.path), tokenizer, ev.protocol, max_length)
+    tokens = build_eval_tokens(ev.read(), tokenizer, ev.protocol, max_length)
     if digest is not None:
         _EVAL_TOKENS[key] = tokens
         while len(_EVAL_TOKENS) > _EVAL_TOKENS_KEPT:

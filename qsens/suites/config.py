@@ -135,14 +135,15 @@ def step_of(spec: CheckpointSpec) -> int | None:
 
 class EvalSpec(_Strict):
     name: Name
-    path: str = Field(description="UTF-8 text file (.txt or .txt.gz), relative to the suite file")
+    path: str | list[str] = Field(description="UTF-8 text file (.txt or .txt.gz), relative to the suite file; or "
+                                          "a list of such files or a folder of them, one document each")
     preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
     protocol: dict = Field(default_factory=dict, description="Protocol fields overriding the preset")
 
-    def resolved_protocol(self) -> Protocol:
+    def resolved_protocol(self, overrides: dict | None = None) -> Protocol:
         from qsens.metrics.protocol import resolve_protocol
 
-        return resolve_protocol(self.preset, self.protocol)
+        return resolve_protocol(self.preset, self.protocol if overrides is None else overrides)
 
 
 class CalibrationSpec(_Strict):

@@ -26,6 +26,7 @@ from qsens.suites import files
 from qsens.suites.config import EvalSpec, FamilySpec, SuiteSpec, step_of
 from qsens.documents import INT64_MAX, InputError, pydantic_problems, short
 from qsens.metrics.protocol import Protocol
+from qsens.metrics.text import read_text
 
 # Quantizer keys whose YAML value is a list by nature; a list anywhere else is a sweep.
 _LIST_VALUED = {"skip"}
@@ -51,6 +52,13 @@ class EvalText:
     path: Path
     protocol: Protocol
     text_hash: str
+    documents: tuple[Path, ...] = ()  # a list or folder of documents (qsens.suites.evaldocs); () for one file
+
+    def read(self) -> str:
+        """The text the protocol cuts into windows (documents joined by their separator)."""
+        from qsens.suites.evaldocs import joined_text
+
+        return joined_text(list(self.documents)) if self.documents else read_text(self.path)
 
 
 @dataclass
@@ -209,7 +217,31 @@ def _folder_problem(ckpt: Checkpoint) -> str | None:
     return files.check_model_folder(Path(ckpt.location))[1]
 
 
+def _eval_documents(ev: EvalSpec, where: str, base: Path) -> tuple[EvalText | None, list] | None:
+    from qsens.suites import evaldocs
+
+    paths, problems = evaldocs.document_files(ev.path, base)
+    if paths is None and not problems:
+        return None
+    if problems:
+        return None, [(f"{where}.{k}", m) for k, m in problems]
+    text_hash, problems = evaldocs.documents_hash(paths)
+    overrides, more = evaldocs.document_protocol_fields(ev.protocol)
+    problems = [(f"{where}.{k}", m) for k, m in problems + more]
+    if problems:
+        return None, problems
+    try:
+        protocol = ev.resolved_protocol(overrides)
+    except ValidationError as exc:
+        return None, pydantic_problems(exc, f"{where}.protocol")
+    where_from = (base / ev.path).resolve() if isinstance(ev.path, str) else paths[0].parent
+    return EvalText(ev.name, where_from, protocol, text_hash, tuple(paths)), []
+
+
 def _eval_text(ev: EvalSpec, where: str, base: Path) -> tuple[EvalText | None, list]:
+    as_documents = _eval_documents(ev, where, base)
+    if as_documents is not None:
+        return as_documents
     path = (base / ev.path).resolve()
     text_hash, problem = files.check_text(path)
     if problem:

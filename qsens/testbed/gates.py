@@ -101,7 +101,6 @@ def family_report(spec_path: Path, family_dir: Path, results: Path, suite_path: 
     schedule. `primary`: cell fields that pick one quantizer setting, e.g. {"method": "rtn", "bits": 3}."""
     from qsens.testbed.ladder import Ladder
     from qsens.testbed.spec import load_ladder_spec
-    from qsens.metrics.text import read_text
     from qsens.metrics.windows import build_eval_tokens
     from qsens.store import ResultStore
     from qsens.suites.load import load_suite
@@ -110,7 +109,7 @@ def family_report(spec_path: Path, family_dir: Path, results: Path, suite_path: 
     suite = load_suite(suite_path)
     baselines = {}
     for ev in suite.evals:
-        tokens = build_eval_tokens(read_text(ev.path), ladder.tokenizer, ev.protocol)
+        tokens = build_eval_tokens(ev.read(), ladder.tokenizer, ev.protocol)
         prev, targets = scored_pairs(tokens)
         baselines[ev.name] = ngram_baselines(ladder.stream, len(ladder.tokenizer), prev, targets)
     cells = [c for c in ResultStore(results).cells("ok") if c["suite"] == suite.name]

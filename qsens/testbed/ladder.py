@@ -4,8 +4,10 @@ Resumable: a checkpoint listed in the manifest is never retrained; a run in flig
 state (`<out>/.state/`), and a WSD branch restarts from the stable run's state at its branch point. Several
 processes may train different sizes into one folder (`sizes=`): manifest updates hold a file lock.
 
-Two naming schemes. A spec without `cooldowns` (the micro family) names checkpoints `<size>-<schedule>-d<D>M`
-with schedules `cosine` and `wsd`, one seed. A spec with a cooldown factorial names them
+Two naming schemes. A spec without `cooldowns` (the micro family) names the checkpoints of its `seed`
+`<size>-<schedule>-d<D>M` with schedules `cosine` and `wsd`, on the original data order; any other seed it lists
+in `seeds` is a replicate: init and data order both drawn from that seed (the same order for its cosine and WSD
+runs), named `<size>-s<seed>-<schedule>-d<D>M` in `<size>/s<seed>/<schedule>/`. A spec with a cooldown factorial names them
 `<size>-s<seed>-<schedule>-d<D>M`, schedules `cosine`, `stable` (the warmup-stable run saved at a branch point,
 D = tokens seen there) and `wsd-f<f>` (a cooldown of f·D ending at budget D), for every seed of every size.
 """
@@ -150,15 +152,21 @@ class Ladder:
             for seed in self.spec.seeds_for(size):
                 if seeds is not None and seed not in seeds:
                     continue
-                # the micro family keeps its original order (seed=None); a factorial seeds init and order alike
-                data = DataOrder(self.stream, self.spec, seed if self.spec.factorial else None)
+                # the micro family's own seed keeps its original order (seed=None); a factorial, or a replicate
+                # seed of the micro family, seeds init and order alike
+                data = DataOrder(self.stream, self.spec, None if self._legacy(seed) else seed,
+                                 replicate=not self.spec.factorial)
                 if "wsd" in self.spec.schedules:
                     self._wsd(size, seed, data)
                 for budget in self.spec.cosine_plan():
                     self._cosine(size, seed, data, budget)
 
+    def _legacy(self, seed: int) -> bool:
+        """The micro family's original seed: old names, old data order, no seed in its folder."""
+        return not self.spec.factorial and seed == self.spec.seed
+
     def _name(self, size: SizeSpec, seed: int, schedule: str, tokens: int) -> str:
-        if not self.spec.factorial:
+        if self._legacy(seed):
             return f"{size.name}-{schedule}-{_d(tokens)}"
         return f"{size.name}-s{seed}-{schedule}-{_d(tokens)}"
 
@@ -207,7 +215,7 @@ class Ladder:
         if not todo:
             return
         model, opt = self._fresh(size, seed)
-        label = f"{size.name}-s{seed}" if spec.factorial else size.name
+        label = size.name if self._legacy(seed) else f"{size.name}-s{seed}"
         stable_state = self.out / ".state" / f"{label}-wsd-stable.pt"
         step = load_state(stable_state, model, opt)
         stable_lr = lambda s: lr_at(s, 0, spec, "stable")  # noqa: E731
@@ -241,7 +249,7 @@ class Ladder:
               loss: float, secs: float, budget: int | None = None, fraction: float | None = None,
               branch_step: int | None = None, stable: str | None = None) -> None:
         spec, tps = self.spec, self.spec.tokens_per_step
-        folder = f"s{seed}/{schedule}" if spec.factorial else schedule
+        folder = schedule if self._legacy(seed) else f"s{seed}/{schedule}"
         rel = Path(size.name) / folder / name
         final = self.out / rel
         tmp = final.with_name(final.name + ".tmp")
@@ -266,7 +274,8 @@ class Ladder:
                    "warmup_steps": spec.optim.warmup_steps, "min_lr_ratio": spec.optim.min_lr_ratio,
                    "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             | ({"branch_step": branch_step, "stable_checkpoint": stable, "save_dtype": spec.save_dtype,
-                "device": self.device, "spec_fingerprint": spec.fingerprint(size)} if spec.factorial else {})
+                "device": self.device} if spec.factorial else {})
+            | ({} if self._legacy(seed) else {"spec_fingerprint": spec.fingerprint(size)})
             | run_settings(model),  # the training model and the BLAS route (qsens.blas) it ran on
         )
         with _locked(self.out):

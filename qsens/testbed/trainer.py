@@ -5,7 +5,9 @@ windows of `sequence_length + 1`; epoch e visits them in a permutation drawn fro
 step s takes the next `batch_size` windows. A batch depends on (seed, step) only, so every run of every size
 and schedule sees the same batches in the same order, and a resumed run continues exactly where it stopped.
 The micro family's order (`seed=None`) draws epoch e from `default_rng(spec.seed + e)`; a seeded order draws it
-from `default_rng([seed, e])`, so that seed 1's first epoch is not seed 0's second.
+from `default_rng([seed, e])` (a factorial family), and a replicate seed of the micro family from
+`default_rng([seed, e, 1])`: numpy's SeedSequence([1, 0]) equals SeedSequence(1), so `[seed, e]` alone would give
+seed 1 the micro family's second epoch as its first.
 
 Schedules (`lr_at`): `cosine` is one run per budget (linear warmup, cosine to min_lr at that budget's last
 step); `wsd` is one warmup-stable run at peak lr, and each budget D_i branches off it at (1 - f)·D_i into a
@@ -53,19 +55,25 @@ def wsd_branch_step(total_steps: int, spec: LadderSpec, fraction: float | None =
     return max(spec.optim.warmup_steps, round(total_steps * (1 - f)))
 
 
+REPLICATE_STREAM = 1  # the third entropy word of a replicate seed's data order (see DataOrder)
+
+
 class DataOrder:
     """Batches by global step over a token stream (int64 [T]); see the module docstring."""
 
-    def __init__(self, stream: np.ndarray, spec: LadderSpec, seed: int | None = None):
+    def __init__(self, stream: np.ndarray, spec: LadderSpec, seed: int | None = None, replicate: bool = False):
         self.stream, self.L, self.B = stream, spec.sequence_length, spec.batch_size
         self.seed, self.seeded = (spec.seed, False) if seed is None else (seed, True)
+        # a replicate seed of the micro family: default_rng([seed, e]) would repeat the original order's epochs
+        # (numpy's SeedSequence([1, 0]) is SeedSequence(1), the micro family's second epoch), so a third word
+        self.entropy_tail = [REPLICATE_STREAM] if replicate and self.seeded else []
         self.n_windows = (len(stream) - 1) // self.L
         if self.n_windows < self.B:
             raise ValueError(f"training text has {len(stream)} tokens: fewer than one batch of windows")
 
     @lru_cache(maxsize=4)
     def _perm(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, epoch] if self.seeded else self.seed + epoch)
+        rng = np.random.default_rng([self.seed, epoch, *self.entropy_tail] if self.seeded else self.seed + epoch)
         return rng.permutation(self.n_windows)
 
     def batch(self, step: int) -> torch.Tensor:
@@ -74,10 +82,15 @@ class DataOrder:
         starts = np.array([self._perm(int(e))[p] for e, p in zip(g // self.n_windows, g % self.n_windows)]) * self.L
         return torch.from_numpy(np.stack([self.stream[s : s + self.L + 1] for s in starts]))
 
+    def _rule(self) -> str:
+        if not self.seeded:
+            return "default_rng(seed+e)"
+        return f"default_rng([seed, e, {REPLICATE_STREAM}])" if self.entropy_tail else "default_rng([seed, e])"
+
     def describe(self) -> str:
         return (f"stream of {len(self.stream)} tokens (documents joined by EOS), {self.n_windows} windows of "
                 f"{self.L}+1 tokens at multiples of {self.L}; epoch e in permutation numpy "
-                f"{'default_rng([seed, e])' if self.seeded else 'default_rng(seed+e)'}; "
+                f"{self._rule()}; "
                 f"step s takes windows s*{self.B}..(s+1)*{self.B}-1; seed {self.seed}")
 
 

@@ -1,7 +1,7 @@
 """GGUF types through the gguf package: the weights scored are the package's dequantization of the bytes it
 produced, Q8_0/Q4_0 agree with a float64 re-derivation from llama.cpp's block formulas (ggml-quants.c
 `quantize_row_q8_0_ref`, `quantize_row_q4_0_ref`), storage bits are those of the block structs, shapes the blocks
-do not fit are refused up front (or stored as F16, as llama-quantize does), and the fp16/bf16 cast floor."""
+do not fit are refused up front (or stored as F16, as llama-quantize does). The fp16/bf16 cast floor: test_cast.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 gguf = pytest.importorskip("gguf")
 
-from qsens.quantizers import cast, ggml_types  # noqa: E402
+from qsens.quantizers import ggml_types  # noqa: E402
 from tiny_trained import heldout_loss  # noqa: E402
 
 # Bytes per block of 32 weights, from ggml-common.h: block_q4_0 {ggml_half d; uint8 qs[16]}, q4_1 {d, m; qs[16]},
@@ -113,19 +113,3 @@ def test_bad_settings_are_refused(kw, match):
 def test_settings_record_the_nominal_bits_and_block():
     s = ggml_types.Settings(type="Q5_1")
     assert (s.bits, s.group_size_value(), s.label()) == (5, 32, "gguf-q5_1")
-
-
-@pytest.mark.parametrize("dtype,np_round", [("float16", lambda w: w.astype(np.float16).astype(np.float32)),
-                                            ("bfloat16", None)])
-def test_cast_floor_rounds_every_parameter_once(trained, fp_model, dtype, np_round):
-    result = cast.quantize(trained.context(fp_model), cast.Settings(dtype=dtype))
-    held = dict(result.model.named_parameters())
-    assert sorted(held) == sorted(n for n, _ in fp_model.named_parameters()) == sorted(result.layers_quantized)
-    for name, p in fp_model.named_parameters():
-        w, got = p.detach().numpy(), held[name].detach().numpy()
-        if np_round is not None:
-            assert np.array_equal(got, np_round(w)), name
-        else:  # bfloat16 keeps 8 significant bits: relative error at most 2^-8 (half a unit of the 8th bit)
-            assert (np.abs(got - w) <= np.abs(w) * 2.0**-8 + 1e-30).all(), name
-            assert (got.view(np.uint32) & 0xFFFF == 0).all(), name  # the low 16 bits are gone
-    assert result.effective_bits == 16.0
