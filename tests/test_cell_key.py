@@ -110,6 +110,6 @@ def test_published_rtn_cells_keep_their_keys():
     """Every cell of the published micro suite (RTN only) is planned with the key it was stored under."""
     from qsens.testbed.standins import REPO
 
-    stored = {c["key"] for c in ResultStore(REPO / "results/published/micro", readonly=True).cells()}  # never migrate it
+    stored = {c["key"] for c in ResultStore(REPO / "results/published/micro", readonly=True).cells()}  # no migration
     planned = {c.key for c in plan.plan_cells(load_suite(REPO / "suites/micro.yaml"))}
     assert planned and planned <= stored

@@ -25,7 +25,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
 from qsens.quantizers.layers import peak_memory_bytes, working_copy
@@ -38,30 +38,34 @@ BLOCK = 32  # every type of TYPE_BITS
 
 class Settings(QuantSettings):
     method: Literal["gguf"] = "gguf"
-    type: Literal[tuple(TYPE_BITS)]  # type: ignore[valid-type]
+    type: str  # one of TYPE_BITS (checked below, so that a K-quant gets its own message)
     bits: int = 0  # filled from `type`; a given value must agree with it
     incompatible: Literal["refuse", "f16"] = "refuse"
 
     group_size_field = None
-    # The gguf package's version is part of the cell key (runner.plan): its quantizer made the bytes.
+    # The gguf package quantizes: its version is part of the cell key (runner.plan.quantizer_inputs).
     libraries: ClassVar[tuple[str, ...]] = ("gguf",)
 
-    @model_validator(mode="before")
+    @field_validator("type")
     @classmethod
-    def _bits_from_type(cls, data):
-        if not isinstance(data, dict):
-            return data
-        qtype = data.get("type")
+    def _known_type(cls, qtype: str) -> str:
         if qtype in K_QUANTS:
             raise ValueError(f"type {qtype}: the gguf package (0.19) implements K-quant dequantization only, not "
                              "quantization; quantize with llama-quantize and score the file with method "
                              f"'prequantized' (allowed types here: {', '.join(TYPE_BITS)})")
-        if qtype in TYPE_BITS:
-            nominal = TYPE_BITS[qtype]
-            if data.get("bits") not in (None, 0, nominal):
-                raise ValueError(f"bits {data['bits']!r} contradicts type {qtype} ({nominal} bits); omit bits")
-            data = {**data, "bits": nominal}
-        return data
+        if qtype not in TYPE_BITS:
+            raise ValueError(f"type {qtype!r} is not a GGUF type this method quantizes (allowed: {', '.join(TYPE_BITS)})")
+        return qtype
+
+    # An after-validator, not a before one: a before-validator turns the suite loader's strict JSON validation
+    # into strict Python validation, which refuses a JSON list for the `skip` tuple.
+    @model_validator(mode="after")
+    def _bits_from_type(self) -> "Settings":
+        nominal = TYPE_BITS[self.type]
+        if self.bits not in (0, nominal):
+            raise ValueError(f"bits {self.bits!r} contradicts type {self.type} ({nominal} bits); omit bits")
+        object.__setattr__(self, "bits", nominal)  # frozen model; bits is derived from type, never free
+        return self
 
     def label(self) -> str:
         tail = "-f16fb" if self.incompatible == "f16" else ""

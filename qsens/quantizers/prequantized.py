@@ -35,7 +35,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
 from qsens.quantizers.layers import peak_memory_bytes
@@ -52,6 +52,9 @@ class Settings(QuantSettings):
     digest: str | None = Field(None, description="sha256 of the artifact, filled in by the suite loader")
     skip: tuple[str, ...] = ()
     supports_layer_sets: ClassVar[bool] = False  # the artifact's layers were chosen when it was made
+    # The artifact's absolute location, set by `bind`. Not a field: the cell key holds `path` as the suite wrote it
+    # and the artifact's sha256, so the same artifact keeps its cells when the repository moves.
+    _resolved: str | None = PrivateAttr(None)
 
     group_size_field = None
 
@@ -59,8 +62,8 @@ class Settings(QuantSettings):
         return f"pre-{self.format}-{Path(self.path).name}@{self.parent}"
 
     @property
-    def libraries(self) -> tuple[str, ...]:
-        """The library that dequantizes this artifact: its version is part of the cell key (runner.plan)."""
+    def libraries(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The library that dequantizes the artifact, whose version is part of the cell key (runner.plan)."""
         return ("gguf",) if self.format == "gguf" else ("gptqmodel",)
 
     def pairs_with(self, family: str, checkpoint: str) -> bool:
@@ -83,7 +86,14 @@ class Settings(QuantSettings):
             raise ValueError(f"path: {path} is not a readable {self.format} artifact: {exc}") from None
         if self.bits not in (0, bits):
             raise ValueError(f"bits: the artifact says {bits}, not {self.bits}; omit bits")
-        return self.model_copy(update={"path": str(path), "digest": digest, "bits": bits})
+        bound = self.model_copy(update={"digest": digest, "bits": bits})
+        bound._resolved = str(path)
+        return bound
+
+    @property
+    def artifact(self) -> str:
+        """The artifact's location: as resolved by `bind` (the suite loader), else `path` itself."""
+        return self._resolved or self.path
 
 
 def artifact_digest(path: Path) -> str:
@@ -210,7 +220,7 @@ def hf_state(path: str, parent: torch.nn.Module) -> tuple[dict[str, torch.Tensor
 def quantize(ctx: QuantContext, settings: Settings) -> QuantResult:
     start = time.perf_counter()
     read = gguf_state if settings.format == "gguf" else hf_state
-    state, details = read(settings.path, ctx.fp_model)
+    state, details = read(settings.artifact, ctx.fp_model)
     model = copy.deepcopy(ctx.fp_model)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -229,5 +239,5 @@ def quantize(ctx: QuantContext, settings: Settings) -> QuantResult:
         seconds=time.perf_counter() - start,
         peak_memory_bytes=peak_memory_bytes(ctx.device),
         backend=backend,
-        details={**details, "artifact": settings.path, "digest": settings.digest, "parent": settings.parent},
+        details={**details, "artifact": settings.artifact, "digest": settings.digest, "parent": settings.parent},
     )

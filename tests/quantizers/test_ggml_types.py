@@ -5,6 +5,9 @@ do not fit are refused up front (or stored as F16, as llama-quantize does). The 
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +116,52 @@ def test_bad_settings_are_refused(kw, match):
 def test_settings_record_the_nominal_bits_and_block():
     s = ggml_types.Settings(type="Q5_1")
     assert (s.bits, s.group_size_value(), s.label()) == (5, 32, "gguf-q5_1")
+
+
+def _suite(tmp_path, quantizer: str):
+    from qsens.suites.load import load_suite
+
+    repo = Path(__file__).resolve().parents[2]
+    path = tmp_path / "suite.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: gguf-entry
+        device: cpu
+        families:
+          - name: h32
+            n_params: 1
+            checkpoints: [{{name: c, path: {repo}/checkpoints/gutenberg/h32/s0/wsd-f0.4/h32-s0-wsd-f0.4-d033.554M, tokens: 1}}]
+        quantizers:
+          - {quantizer}
+        evals:
+          - {{name: e, path: {repo}/tests/fixtures/llamacpp/eval.txt, preset: qsens, protocol: {{context_length: 32}}}}
+        """))
+    return load_suite(path)
+
+
+def test_a_suite_entry_sweeps_types_with_a_skip_list(tmp_path):
+    """Through the suite loader's strict JSON validation (a `skip` list once failed there) and its sweep."""
+    suite = _suite(tmp_path, "{method: gguf, type: [Q4_0, Q8_0], skip: [lm_head, embed_out], incompatible: f16}")
+    assert [(q.type, q.bits, q.skip) for q in suite.quantizers] == [("Q4_0", 4, ("lm_head", "embed_out")),
+                                                                  ("Q8_0", 8, ("lm_head", "embed_out"))]
+
+
+def test_a_k_quant_in_a_suite_is_refused_saying_why_and_what_to_do(tmp_path):
+    from qsens.suites.load import SuiteError
+
+    with pytest.raises(SuiteError) as err:
+        _suite(tmp_path, "{method: gguf, type: [Q4_0, Q4_K]}")
+    message = str(err.value)
+    assert "quantizers[0]" in message and "Q4_K" in message
+    assert "dequantization only" in message and "llama-quantize" in message and "prequantized" in message
+
+
+def test_the_shipped_gguf_suite_plans_every_type_the_floor_and_llamacpps_files():
+    from qsens.runner.plan import plan_cells
+    from qsens.suites.load import load_suite
+
+    cells = plan_cells(load_suite(Path(__file__).resolve().parents[2] / "suites/gguf.yaml"))
+    labels = sorted({c.settings.label() for c in cells})
+    assert labels == sorted([*(f"gguf-{t.lower()}-f16fb" for t in ggml_types.TYPE_BITS), "cast-float16",
+                             "cast-bfloat16", *(f"pre-gguf-model-{t}.gguf@h32-s0-wsd-f0.4-d033.554M"
+                                                for t in ("Q8_0", "Q4_0"))])
+    assert len(cells) == len(labels) * 2  # one checkpoint, two evals (llama.cpp's chunking and qsens')

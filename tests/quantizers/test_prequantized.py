@@ -222,7 +222,26 @@ def test_what_is_recorded(scored):
     n8, n16 = 32 * 2048 + 4 * (4 * 32 * 32 + 2 * 80 * 32), 4 * 32 * 80
     assert gguf_cell["effective_bits"] == pytest.approx((n8 * 8.5 + n16 * 16) / (n8 + n16))
     setting = next(s for s in suite.quantizers if s.format == "gguf")
-    assert Path(setting.path).is_absolute() and len(setting.digest) == 64
+    assert Path(setting.artifact).is_absolute() and Path(setting.artifact).is_file() and len(setting.digest) == 64
+
+
+def test_the_same_artifact_keeps_its_cell_keys_in_another_folder(tmp_path):
+    """The key holds the path as the suite wrote it and the artifact's sha256, not where the repository lies."""
+    import shutil
+
+    from qsens.runner.plan import plan_cells
+
+    keys = []
+    for where in (tmp_path / "a", tmp_path / "b" / "deeper"):
+        (where / "art").mkdir(parents=True)
+        shutil.copyfile(REPO / "tests/fixtures/llamacpp/model-Q8_0.gguf", where / "art/model.gguf")
+        suite = load_suite(write_suite(where, [("gguf", Path("art/model.gguf"), "right")]))
+        assert suite.quantizers[0].artifact == str((where / "art/model.gguf").resolve())
+        keys.append([c.key for c in plan_cells(suite)])
+    assert keys[0] == keys[1] and len(keys[0]) == 1
+    (tmp_path / "b/deeper/art/model.gguf").write_bytes((REPO / "tests/fixtures/llamacpp/model-Q4_0.gguf").read_bytes())
+    other = [c.key for c in plan_cells(load_suite(write_suite(tmp_path / "b/deeper", [("gguf", Path("art/model.gguf"), "right")])))]
+    assert other != keys[0]  # another file under the same name is another cell
 
 
 def _tiny_gguf(path: Path, arch: str) -> Path:
