@@ -8,7 +8,8 @@ Simulated log Δ of a point (size N, seed s, arm a, D):
     c_N + κ·cooled + β_a·x + u_s + v_s·x + ε,    x = log D − log D̄,   ε ~ N(0, σ²) per checkpoint,
 
 u_s ~ N(0, seed_sd²) and v_s ~ N(0, seed_slope_sd²) per trajectory (a seed's stable run and its cooldowns share
-them), and a cooldown's ε correlated (branch_rho) with the ε of the stable checkpoint it branched from.
+them; u_s cancels exactly from every slope and κ when all seeds of a size share the same D's, v_s does not),
+and a cooldown's ε correlated (branch_rho) with the ε of the stable checkpoint it branched from.
 Hypotheses: D (β_s = β_c = 0.5) and decay (β_s = 0, β_c = --decay-beta-c); κ = --kappa under both.
 σ: the pilot's pooled seed SD of log Δ (scripts/pilot_sigma.py) once measured; the default grid brackets it.
 --boot below the rule's 2,000 (e.g. 200) is for speed: percentile ends from 200 replicates are noisier, which
@@ -34,6 +35,9 @@ FACTORIAL = {8.39e6, 33.6e6, 134.2e6}  # the doc's stable arm also has checkpoin
 DESIGNS = {
     # the doc as written: 12 stable checkpoints per trajectory; h32's stable arm removed by the checkpoint gate
     "original": {"seeds": {"h32": 3, "h48": 3, "h96": 1}, "all_branches": True, "drop": {("h32", "stable")}},
+    # the gate as the issue's probes extrapolate it: h32 cooled also stays above 4.077 up to ~67M; h32 all out
+    "original-h32out": {"seeds": {"h32": 3, "h48": 3, "h96": 1}, "all_branches": True,
+                        "drop": {("h32", "stable"), ("h32", "cooled")}},
     "original-nogate": {"seeds": {"h32": 3, "h48": 3, "h96": 1}, "all_branches": True, "drop": set()},
     "h48x3+h96x3": {"seeds": {"h48": 3, "h96": 3}, "all_branches": False, "drop": set()},
     "h48x5+h96x5": {"seeds": {"h48": 5, "h96": 5}, "all_branches": False, "drop": set()},
@@ -45,7 +49,7 @@ def trajectory(size: str, seed: int, spec: dict, beta_s: float, beta_c: float, a
     u, v = rng.normal(0, args.seed_sd), rng.normal(0, args.seed_slope_sd)
     c = -3.0 + 0.3 * math.log(N[size] / 1e5)  # any c_N: the rule has one intercept per size
     stable_d = sorted({0.8 * b for b in BUDGETS} | ({f * b for b in FACTORIAL for f in (0.9, 0.6)}
-                                                  if spec["all_branches"] else set()))
+                                                  if spec["all_branches"] and args.factorial_stable else set()))
     eps = {d: rng.normal(0, args.sigma) for d in stable_d}
     pts = []
     if (size, "stable") not in spec["drop"]:
@@ -79,6 +83,8 @@ def main() -> None:
     ap.add_argument("--seed-sd", type=float, default=0.10, help="per-trajectory intercept SD")
     ap.add_argument("--seed-slope-sd", type=float, default=0.0, help="per-trajectory slope SD")
     ap.add_argument("--branch-rho", type=float, default=0.0)
+    ap.add_argument("--no-factorial-stable", dest="factorial_stable", action="store_false",
+                    help="original designs: stable checkpoints at 0.8·D only (6, not the doc's 12)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     print(f"# reps {args.reps}, boot {args.boot}, loo_tol {args.loo_tol}, kappa {args.kappa:.3f}, decay beta_c "

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -179,3 +182,15 @@ def test_bad_input_is_named():
         sr.as_points([{"size": "h48", "n_params": 1, "seed": 0, "arm": "stable", "tokens": 1e6, "delta": 0.0}])
     with pytest.raises(ValueError, match="no points"):
         sr.as_points([])
+
+
+def test_power_script_runs_the_rule():
+    """scripts/power_schedule.py, tiny: one row per (design, σ, truth), its three probabilities sum to 1."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "power_schedule.py"
+    out = subprocess.run([sys.executable, str(script), "--reps", "3", "--boot", "20", "--sigma", "0.1",
+                          "--designs", "original", "h48x3+h96x3"], capture_output=True, text=True, check=True)
+    rows = [r.split("|")[1:7] for r in out.stdout.splitlines() if r.startswith("| original") or r.startswith("| h48")]
+    assert [(r[0].strip(), r[2].strip()) for r in rows] == [
+        ("original", "D"), ("original", "decay"), ("h48x3+h96x3", "D"), ("h48x3+h96x3", "decay")]
+    for r in rows:
+        assert sum(float(v) for v in r[3:6]) == pytest.approx(1.0)
