@@ -64,9 +64,33 @@ def load_config(path: str | Path) -> NightlyConfig:
     from qsens import documents
 
     try:
-        return documents.read_model(Path(path), NightlyConfig, "nightly config")
+        config = documents.read_model(Path(path), NightlyConfig, "nightly config")
+        problem = log_problem(Path(path).resolve().parent / config.log)
+        if problem:
+            raise documents.DocumentError(Path(path), "nightly config", [("log", f"{problem} (got {config.log!r})")])
     except documents.DocumentError as exc:
         raise ConfigError(str(exc)) from None
+    return config
+
+
+def log_problem(log: Path) -> str | None:
+    """Why the run record cannot be appended to `log` (a JSONL file), or None: never into a results database
+    (issue 25: a `log:` naming qsens.sqlite appended JSON to the database file) or a folder."""
+    from qsens.store.sqlite import DB_NAME
+
+    if log.name.startswith(DB_NAME):
+        return (f"names a results database ({DB_NAME}); the log is a JSON-lines file of its own, "
+                "e.g. results/nightly.jsonl")
+    if log.is_dir():
+        return "is a folder; give a file, e.g. results/nightly.jsonl"
+    try:
+        with open(log, "rb") as f:
+            header = f.read(16)
+    except OSError:
+        return None  # absent (created on the first run) or unreadable (the append says so)
+    if header == b"SQLite format 3\x00":
+        return "is an SQLite database; the log is a JSON-lines file of its own, e.g. results/nightly.jsonl"
+    return None
 
 
 @dataclass

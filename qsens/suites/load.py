@@ -132,7 +132,9 @@ def _quantizers(spec: SuiteSpec) -> tuple[list[QuantSettings], list[tuple[str, s
 
 
 def _manifest_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[Checkpoint], list]:
-    path = (base / fam.manifest).resolve()
+    path, problem = files.resolve(base, fam.manifest)
+    if problem:
+        return [], [(f"{where}.manifest", problem)]
     if not path.is_file():
         return [], [(f"{where}.manifest", f"file not found: {path}")]
     try:
@@ -169,8 +171,9 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
             problems.append((f"{where}.checkpoints[{j}]", f"step x tokens_per_step = {tokens:,} tokens does not fit "
                                                          "in 64 bits; give 'tokens' explicitly"))
         if c.path is not None:
-            location = str((base / c.path).resolve())
-            problem = files.check_model_folder(Path(location))[1]
+            resolved, problem = files.resolve(base, c.path)
+            location = str(resolved or base / c.path)
+            problem = problem or files.check_model_folder(Path(location))[1]
             if problem:
                 problems.append((f"{where}.checkpoints[{j}].path", problem))
         else:
@@ -189,14 +192,16 @@ def _folder_problem(ckpt: Checkpoint) -> str | None:
 
 
 def _eval_text(ev: EvalSpec, where: str, base: Path) -> tuple[EvalText | None, list]:
-    path = (base / ev.path).resolve()
-    text_hash, problem = files.check_text(path)
+    path, problem = files.resolve(base, ev.path)
     if problem:
         return None, [(f"{where}.path", problem)]
     try:
         protocol = ev.resolved_protocol()
     except ValidationError as exc:
         return None, pydantic_problems(exc, f"{where}.protocol")
+    text_hash, problem = files.check_text(path, protocol.max_tokens)
+    if problem:
+        return None, [(f"{where}.path", problem)]
     return EvalText(ev.name, path, protocol, text_hash), []
 
 
@@ -276,8 +281,8 @@ def load_suite(path: str | Path) -> Suite:
         problems += p
     calibration = None
     if spec.calibration is not None:
-        calibration = (base / spec.calibration.path).resolve()
-        problem = files.check_text(calibration)[1]
+        calibration, problem = files.resolve(base, spec.calibration.path)
+        problem = problem or files.check_text(calibration)[1]
         if problem:
             problems.append(("calibration.path", problem))
     problems += _context_problems(checkpoints, evals, spec)

@@ -49,14 +49,14 @@ def test_driver_killed_mid_run_keeps_every_finished_cell(suite_writer, tmp_path)
     results = tmp_path / "res"
     cmd = [sys.executable, "-m", "qsens", "run", str(suite), "--results", str(results), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 1800  # a hang guard only: a loaded machine makes the wait longer, never wrong
     while time.monotonic() < deadline and proc.poll() is None:
         if "ok" in _statuses(results).values():
             break
         time.sleep(0.05)
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=600)
     proc.stderr.close()
 
     store = ResultStore(results)
