@@ -170,6 +170,10 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
         if tokens > INT64_MAX:
             problems.append((f"{where}.checkpoints[{j}]", f"step x tokens_per_step = {tokens:,} tokens does not fit "
                                                          "in 64 bits; give 'tokens' explicitly"))
+        elif tokens < 1:
+            problems.append((f"{where}.checkpoints[{j}]", f"step {step_of(c)} x tokens_per_step = 0 tokens: a "
+                                                         "checkpoint must have seen at least 1 token (a fit takes "
+                                                         "log D); leave the initialisation out"))
         if c.path is not None:
             resolved, problem = files.resolve(base, c.path)
             location = str(resolved or base / c.path)
@@ -185,6 +189,32 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
                        fit_group=fam.fit_group)
         )
     return out, problems
+
+
+def duplicate_checkpoints(checkpoints: list[Checkpoint], family_order: list[str]) -> list[tuple[str, str]]:
+    """The same weights (location, revision, dtype) at the same (N, D) under two names would be computed twice and
+    counted twice in a fit: refused, once per repeated family when a whole family repeats another."""
+    first: dict[tuple, Checkpoint] = {}
+    repeats: dict[tuple[str, str], list[tuple[Checkpoint, Checkpoint]]] = {}
+    for c in checkpoints:
+        same = (c.location, c.revision, c.dtype, c.n_params, c.tokens)
+        if same in first:
+            repeats.setdefault((first[same].family, c.family), []).append((first[same], c))
+        else:
+            first[same] = c
+    problems = []
+    for (fam_a, fam_b), pairs in repeats.items():
+        where = f"families[{family_order.index(fam_b)}]"
+        whole = fam_a != fam_b and len(pairs) == sum(c.family == fam_b for c in checkpoints)
+        if whole:
+            problems.append((where, f"family {fam_b!r} lists the same checkpoints as family {fam_a!r} (same weights, "
+                                    "N and D): give each family once, its cells would be computed twice"))
+            continue
+        for a, b in pairs:
+            problems.append((where, f"checkpoint {short(b.name)} is the same as {short(a.family + '/' + a.name)} (same weights "
+                                    f"{b.location}{'@' + b.revision if b.revision else ''}, N and D): give each "
+                                    "checkpoint once, its cells would be computed twice"))
+    return problems
 
 
 def _folder_problem(ckpt: Checkpoint) -> str | None:
@@ -271,6 +301,7 @@ def load_suite(path: str | Path) -> Suite:
         found, p = _family_checkpoints(fam, f"families[{i}]", base)
         checkpoints += found
         problems += p
+    problems += duplicate_checkpoints(checkpoints, [f.name for f in spec.families])
     dup = sorted(f"{f}/{n}" for (f, n), k in Counter((c.family, c.name) for c in checkpoints).items() if k > 1)
     if dup:
         problems.append(("families", f"checkpoint names must be unique within a family: {dup}"))
