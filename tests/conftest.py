@@ -55,9 +55,15 @@ def pytest_unconfigure(config):
 def pytest_terminal_summary(terminalreporter, config):
     burners = getattr(config, "_qsens_burners", [])
     if burners:
+        import resource
+
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        # the burners are still running (not reaped), so the children's time is the tests' subprocesses only
+        used = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+                   for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
         terminalreporter.write_line(f"under load: {len(burners)} CPU-burning processes beside the tests on "
-                                    f"{os.cpu_count()} CPUs; load average (1, 5, 15 min) at the end: {load}")
+                                    f"{os.cpu_count()} CPUs; load average (1, 5, 15 min) at the end: {load}; "
+                                    f"the tests used {used:.0f} CPU-seconds")
 
 
 def write_tiny_spec(folder: Path, **replace: str) -> Path:

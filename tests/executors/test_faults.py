@@ -87,6 +87,10 @@ def _broken_copy(src: Path, dst: Path, how: str) -> Path:
     if how == "unloadable":
         (dst / "model.safetensors").write_bytes(b"not a safetensors file")
         return dst
+    if how == "missing-layer":  # issue 25: the config says 2 layers, the weights hold 1
+        config = json.loads((dst / "config.json").read_text())
+        (dst / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+        return dst
     from safetensors.torch import load_file, save_file
 
     weights = load_file(dst / "model.safetensors")
@@ -97,7 +101,7 @@ def _broken_copy(src: Path, dst: Path, how: str) -> Path:
 
 
 @pytest.mark.parametrize("executor, how", [
-    ("local", "unloadable"), ("local", "nan"), ("local", "inf"),
+    ("local", "unloadable"), ("local", "nan"), ("local", "inf"), ("local", "missing-layer"),
     pytest.param("ray", "unloadable", marks=pytest.mark.heavy),  # reduced form: the Ray path once
     *[pytest.param("ray", how, marks=[pytest.mark.heavy, pytest.mark.skipif(not FULL, reason="QSENS_HEAVY=full")])
       for how in ("nan", "inf")],
@@ -113,7 +117,7 @@ def test_a_bad_checkpoint_fails_its_cells_and_the_run_goes_on(suite_writer, tiny
     for c in cells:
         if c["checkpoint"] == "bad":
             assert c["status"] == "failed" and c["delta_loss"] is None
-            expected = "loading checkpoint failed" if how == "unloadable" else "non-finite"
+            expected = {"unloadable": "loading checkpoint failed", "missing-layer": "model.layers.1."}.get(how, "non-finite")
             assert expected in c["error"], c["error"]
         else:
             assert c["status"] == "ok" and torch.isfinite(torch.tensor(c["delta_loss"]))
