@@ -282,6 +282,23 @@ def test_the_run_reads_an_eval_text_within_the_same_limit(tmp_path):
         read_text(path, text_limit(512))
 
 
+def test_a_text_swapped_after_validate_fails_its_cells_with_the_limit(tmp_path):
+    """The runner's message names the file and why the limit is what it is (max_tokens 512: 4 MiB)."""
+    import gzip
+
+    from qsens.metrics.protocol import Protocol
+    from qsens.metrics.text import TextTooLarge
+    from qsens.runner.checkpoint import _cached_eval_tokens
+    from qsens.suites.load import EvalText
+
+    path = tmp_path / "swapped.txt.gz"
+    path.write_bytes(gzip.compress(b"a" * (5 << 20)))  # 5 MiB > max(4 MiB, 64 x 512)
+    ev = EvalText("e", path, Protocol(context_length=64, max_tokens=512), "0" * 16)
+    with pytest.raises(TextTooLarge, match=r"swapped\.txt\.gz holds more than 4,194,304 bytes decompressed; with "
+                                           r"max_tokens 512 the limit is max\(4,194,304, 64 bytes x max_tokens\)"):
+        _cached_eval_tokens(None, ev, 64)
+
+
 def test_an_eval_path_that_is_a_symlink_loop(folder, capsys):
     """Issue 25: it exited 70 (Path.resolve raised RuntimeError); now exit 2 naming the key."""
     import os

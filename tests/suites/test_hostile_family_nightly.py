@@ -82,6 +82,11 @@ NIGHTLY_CASES = [
     ("board without out", "board: {results: results, out: site}", "board: {results: results}", "board.out",
      "Field required"),
     ("unknown key", "fit: true", "fit: true\nfitt: false", "fitt", "unknown key"),
+    ("retries 10**6", "retries: 1", "retries: 1000000", "suites[0].retries", "less than or equal to 100"),
+    ("log with a NUL byte", "log: results/nightly.jsonl", 'log: "results/a\\0.jsonl"', "log", "holds a NUL byte"),
+    ("log names a folder", "log: results/nightly.jsonl", "log: .", "log", "is a folder"),
+    ("log name too long", "log: results/nightly.jsonl", f"log: {'x' * 300}.jsonl", "log", "cannot be used as a file"),
+    ("an empty suite path", "suite: suite.yaml", 'suite: ""', "suites[0].suite", "at least 1 character"),
 ]
 NIGHTLY = """\
 suites:
