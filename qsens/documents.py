@@ -6,8 +6,10 @@ naming the file, the key path and what is allowed, never a traceback, a silent g
 - size: files above `MAX_BYTES` are refused before they are read;
 - encoding: UTF-8 only (a BOM is tolerated); anything else names the byte offset;
 - YAML: a mapping key given twice is an error with both line numbers (PyYAML lets the later one win);
-  booleans are YAML 1.2's `true`/`false` only (`yes`, `no`, `on`, `off` stay strings, so `symmetric: yes`
-  is a type error rather than a guess and `name: no` stays a name); dates stay strings;
+  booleans are YAML 1.2's `true`/`false` only; a plain scalar that YAML 1.1 and 1.2 read differently is refused
+  with both readings and its key path (`Ambiguous`): `yes`/`no`/`on`/`off` (1.1: booleans, 1.2: strings), a
+  leading zero (`010`: 1.1 octal 8, 1.2 decimal 10), `0b11`, `1_000`, sexagesimal `1:30` (1.1: 90); quoted, each
+  is the string as written. Dates stay strings;
 - JSON: a key given twice is an error too;
 - the parsed tree (`check_tree`): keys are strings, integers fit SQLite's signed 64 bits, floats are finite,
   only JSON types occur, and the tree (aliases expanded) has at most `MAX_NODES` nodes.
@@ -87,6 +89,40 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class Ambiguous(str):
+    """A plain (unquoted) scalar that YAML 1.1 and YAML 1.2 read differently (`010`, `yes`, `1:30`, `1_000`, `0b11`):
+    constructed as this marker so `check_tree` can refuse it with its key path, saying how each would read it."""
+
+    line: int = 0
+
+    def readings(self) -> str:
+        text = str(self)
+        old = yaml.safe_load(text)  # PyYAML implements YAML 1.1
+        new = int(text) if re.fullmatch(r"[-+]?[0-9]+", text) else text  # YAML 1.2's core schema
+        meant = " or ".join(dict.fromkeys(json.dumps(v) for v in (old, new) if not isinstance(v, str)))
+        return (f"{text} is ambiguous: YAML 1.1 (yaml.safe_load and many tools) reads it as {_reading(old)}, YAML 1.2 "
+                f"as {_reading(new)}; write {meant} as meant, or quote it ('{text}') for the string")
+
+
+def _reading(value) -> str:
+    return f"the string {value!r}" if isinstance(value, str) else json.dumps(value)
+
+
+_AMBIGUOUS = re.compile(r"""^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF
+    |[-+]?0[0-9_]+                                   # a leading zero: octal in 1.1 (010 = 8), decimal in 1.2
+    |[-+]?0b[01_]+                                   # binary: a number in 1.1, a string in 1.2
+    |[-+]?[1-9][0-9]*_[0-9_]*(?:\.[0-9_]*)?           # digit separators: a number in 1.1, a string in 1.2
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?  # sexagesimal: 1:30 = 90 in 1.1, a string in 1.2
+    )$""", re.X)
+_AMBIGUOUS_TAG = "tag:qsens,2026:ambiguous"
+
+
+def _construct_ambiguous(loader, node):
+    value = Ambiguous(loader.construct_scalar(node))
+    value.line = node.start_mark.line + 1
+    return value
+
+
 _BOOL_1_2 = r"^(?:true|True|TRUE|false|False|FALSE)$"
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers
@@ -94,6 +130,9 @@ _Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(_BOOL_1_2), list("tTfF"))
+for _first in "yYnNoO+-0123456789":  # checked before the int/float resolvers of the same first character
+    _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, (_AMBIGUOUS_TAG, _AMBIGUOUS))
+_Loader.add_constructor(_AMBIGUOUS_TAG, _construct_ambiguous)
 
 
 def parse_yaml(text: str):
@@ -179,12 +218,17 @@ def check_tree(tree, where: str = "") -> list[tuple[str, str]]:
             return problems + [("", f"more than {MAX_NODES:,} values (YAML aliases count once per use)")]
         if isinstance(value, dict):
             for key, item in value.items():
+                if isinstance(key, Ambiguous):
+                    problems.append((at, f"key {key.readings()} (line {key.line})"))
+                    continue
                 if not isinstance(key, str):
                     problems.append((at, f"keys must be strings (got {short(key)})"))
                     continue
                 stack.append((_join(at, key), item))
         elif isinstance(value, list):
             stack.extend((_join(at, i), item) for i, item in enumerate(value))
+        elif isinstance(value, Ambiguous):
+            problems.append((at, f"{value.readings()} (line {value.line})"))
         elif isinstance(value, bool) or value is None or isinstance(value, str):
             continue
         elif isinstance(value, int):
@@ -210,12 +254,13 @@ class DocumentError(ValueError):
 
 
 def read_model(path: Path, model, what: str):
-    """A YAML document read with `read_checked` and validated by the pydantic `model` (unknown keys are errors
-    where the model forbids them). Raises DocumentError naming `what` the document is."""
+    """A YAML document read with `read_checked` and validated by the pydantic `model` strictly, as suites are (through
+    JSON: a YAML "4" is not 4, "yes" is not a boolean; unknown keys are errors where the model forbids them).
+    Raises DocumentError naming `what` the document is."""
     from pydantic import ValidationError
 
     try:
-        return model.model_validate(read_checked(Path(path)))
+        return model.model_validate_json(json.dumps(read_checked(Path(path))), strict=True)
     except InputError as exc:
         raise DocumentError(path, what, exc.problems) from None
     except ValidationError as exc:

@@ -34,12 +34,12 @@ class _Strict(BaseModel):
 
 
 class SuiteEntry(_Strict):
-    suite: str = Field(description="suite YAML file")
+    suite: str = Field(min_length=1, description="suite YAML file")
     results: str | None = Field(None, description="results folder (default: results/<suite name>)")
     executor: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description="Ray cluster address ('auto' = the cluster of this node)")
-    num_gpus_per_task: float | None = Field(None, ge=0, description="default: 1 if the cluster has GPUs, else 0")
-    retries: int = Field(1, ge=0, description="resubmissions of a checkpoint whose Ray worker died")
+    num_gpus_per_task: float | None = Field(None, ge=0, le=1024, description="default: 1 if the cluster has GPUs, else 0")
+    retries: int = Field(1, ge=0, le=100, description="resubmissions of a checkpoint whose Ray worker died")
 
 
 class BoardEntry(_Strict):
@@ -64,9 +64,38 @@ def load_config(path: str | Path) -> NightlyConfig:
     from qsens import documents
 
     try:
-        return documents.read_model(Path(path), NightlyConfig, "nightly config")
+        config = documents.read_model(Path(path), NightlyConfig, "nightly config")
+        problem = log_problem(Path(path).resolve().parent / config.log)
+        if problem:
+            raise documents.DocumentError(Path(path), "nightly config", [("log", f"{problem} (got {config.log!r})")])
     except documents.DocumentError as exc:
         raise ConfigError(str(exc)) from None
+    return config
+
+
+def log_problem(log: Path) -> str | None:
+    """Why the run record cannot be appended to `log` (a JSONL file), or None: never into a results database
+    (issue 25: a `log:` naming qsens.sqlite appended JSON to the database file) or a folder."""
+    from qsens.store.sqlite import DB_NAME
+
+    if log.name.startswith(DB_NAME):
+        return (f"names a results database ({DB_NAME}); the log is a JSON-lines file of its own, "
+                "e.g. results/nightly.jsonl")
+    if "\x00" in str(log):
+        return "holds a NUL byte; give a file, e.g. results/nightly.jsonl"
+    try:
+        if log.is_dir():
+            return "is a folder; give a file, e.g. results/nightly.jsonl"
+    except OSError as exc:  # e.g. a name too long for the filesystem
+        return f"cannot be used as a file: {exc.strerror or exc}"
+    try:
+        with open(log, "rb") as f:
+            header = f.read(16)
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path (pydantic lets it through)
+        return None  # absent (created on the first run) or unreadable (the append says so)
+    if header == b"SQLite format 3\x00":
+        return "is an SQLite database; the log is a JSON-lines file of its own, e.g. results/nightly.jsonl"
+    return None
 
 
 @dataclass

@@ -10,7 +10,8 @@ half of one.
 
 The output folder is the board's own: every build writes a marker file (`MARKER`) into it, and a build refuses
 an existing file, or a non-empty folder without the marker (someone's thesis, a results folder), unless forced;
-it never replaces a folder that holds the results it reads. A build is a function of its input: the build time
+it never replaces a folder that holds the results it reads, nor a results database (a file named or shaped like
+one, a folder holding one directly or one level down), not even when forced. A build is a function of its input: the build time
 shown is the time of the newest cell, fit or run record (not the wall clock), and a build equal byte for byte to
 the site already there leaves that site untouched.
 """
@@ -37,6 +38,7 @@ from qsens.board.model import site_model
 from qsens.board.layers import is_layer_cell, layer_plots
 from qsens.board.plots import family_plots
 from qsens.board.render import render_pages, write_data
+from qsens.store.sqlite import DB_NAME
 
 # Temporary or displaced folders older than this are from a crashed build (a live build holds the lock).
 STALE_SECONDS = 3600
@@ -52,6 +54,10 @@ def check_output(out: Path, results: Path, force: bool = False) -> None:
     never a folder holding the results the board is built from)."""
     if out == results or out in results.parents:
         raise OutputError(f"--out {out} holds the results the board is built from ({results}); choose another folder")
+    database = results_database_at(out, results)
+    if database is not None:
+        raise OutputError(f"--out {out} {'is' if database == out else 'holds'} a results database ({database}); "
+                          "a board never replaces results, not even with --force: choose another folder")
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir():
@@ -69,6 +75,35 @@ def check_output(out: Path, results: Path, force: bool = False) -> None:
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
         raise OutputError(f"--out {out} is a non-empty folder that is not a qsens site (no {MARKER}; it holds "
                           f"{shown}); refusing to replace it (choose another folder, or --force to replace it)")
+
+
+def _is_database(path: Path) -> bool:
+    """A results database (or its WAL/journal) by name, or any SQLite file by its header."""
+    if path.name.startswith(DB_NAME):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def results_database_at(out: Path, results: Path) -> Path | None:
+    """A results database that replacing `out` would delete: `out` itself, one of the results folders the board
+    reads (`--results` may be their parent), or a database directly in `out` or in one of its subfolders."""
+    if out.is_file():
+        return out if _is_database(out) else None
+    if not out.is_dir():
+        return None
+    candidates = [d / DB_NAME for d in board_data.result_dirs(results)] + [out / DB_NAME]
+    try:
+        candidates += [p / DB_NAME for p in out.iterdir() if p.is_dir()]
+    except OSError:
+        pass  # an unlistable folder is refused by check_output itself
+    for db in candidates:
+        if db.is_file() and out in db.resolve().parents:
+            return db.resolve()
+    return None
 
 
 def data_time(data: board_data.BoardData) -> datetime:

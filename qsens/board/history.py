@@ -95,7 +95,8 @@ def diff(old: dict, new: dict) -> list[dict]:
     out = []
     for cid in sorted(set(old["cells"]) | set(new["cells"])):
         a, b = old["cells"].get(cid), new["cells"].get(cid)
-        base = {"id": cid, "cell": b or a, "at": new["created_at"], "since": old["created_at"]}
+        # every record carries `significant` (the history page reads it on every row; only a metric can be)
+        base = {"id": cid, "cell": b or a, "at": new["created_at"], "since": old["created_at"], "significant": False}
         if a is None or b is None:
             out.append({**base, "kind": "added" if a is None else "removed"})
             continue

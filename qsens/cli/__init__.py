@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from qsens.errors import terminal_safe
     from qsens.store.sqlite import StoreError
 
     prog = f"qsens {args.command}"
@@ -66,17 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush fails silently too
         return 141
     except StoreError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print(terminal_safe(f"{prog}: {exc}"), file=sys.stderr)
         return 3
     except (OSError, sqlite3.Error) as exc:
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"{prog}: cannot read or write{where}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        print(terminal_safe(f"{prog}: cannot read or write{where}: {getattr(exc, 'strerror', None) or exc}"),
+              file=sys.stderr)
         return 3
     except Exception as exc:  # noqa: BLE001 - a bug, but an unattended run still gets one line, not a traceback
         if os.environ.get("QSENS_DEBUG"):
             raise
-        print(f"{prog}: internal error: {type(exc).__name__}: {str(exc)[:500]} (QSENS_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        print(terminal_safe(f"{prog}: internal error: {type(exc).__name__}: {str(exc)[:500]} (QSENS_DEBUG=1 shows "
+                            "the traceback)"), file=sys.stderr)
         return 70
 
 

@@ -19,14 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from qsens.board.build import OutputError, build_board
+    from qsens.errors import terminal_safe
 
     try:
         result = build_board(args.results, args.out, force=args.force)
     except (FileNotFoundError, OutputError) as exc:
-        print(f"qsens board: {exc}", file=sys.stderr)
+        print(terminal_safe(f"qsens board: {exc}"), file=sys.stderr)
         return 2
     for err in result.plot_errors:
-        print(f"qsens board: plot failed: {err}", file=sys.stderr)
+        print(terminal_safe(f"qsens board: plot failed: {err}"), file=sys.stderr)
     snap = "new snapshot" if result.new_snapshot else "no change since the last snapshot"
     print(f"qsens board: {result.rows} rows, {result.families} families, {result.snapshots} snapshots ({snap}); "
           f"open {result.out / 'index.html'}")

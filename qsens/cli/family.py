@@ -31,7 +31,9 @@ def main(args: argparse.Namespace) -> int:
                                 seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
                                 prepare_only=args.prepare)
     except ValueError as exc:
-        print(exc, file=sys.stderr)
+        from qsens.errors import terminal_safe
+
+        print(terminal_safe(str(exc)), file=sys.stderr)
         return 2
     print(f"prepared: tokenizer and token stream of {args.out}" if args.prepare else f"manifest: {manifest}")
     return 0

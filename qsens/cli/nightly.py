@@ -13,18 +13,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from qsens.errors import terminal_safe
     from qsens.nightly import ConfigError, run_nightly
 
     try:
         record = run_nightly(args.config)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(terminal_safe(str(exc)), file=sys.stderr)
         return 2
     for step in record["steps"]:
         mark = "ok" if step["ok"] else "FAILED"
-        print(f"{mark:>6}  {step['name']}  ({step['seconds']:.1f}s)")
+        print(terminal_safe(f"{mark:>6}  {step['name']}  ({step['seconds']:.1f}s)"))
         if step["error"]:
-            print("        " + step["error"].splitlines()[0], file=sys.stderr)
+            print("        " + terminal_safe(step["error"].splitlines()[0]), file=sys.stderr)
     print(f"cells: {record['cells_computed']} computed, {record['cells_skipped']} skipped, "
           f"{record['cells_failed']} failed; {record['started_at']} -> {record['finished_at']}")
     return 0 if record["ok"] else 1

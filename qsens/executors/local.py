@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
+from qsens.errors import terminal_safe
 from qsens.executors import Callbacks, Job, Worker
 
 
@@ -21,7 +22,7 @@ def launch(jobs: list[Job], worker: Worker, callbacks: Callbacks, progress: bool
 
             def finished(row: dict, labels=labels) -> None:
                 callbacks.finished(row)
-                bar.set_postfix_str(f"{labels[row['key']]}: {row['status']}")
+                bar.set_postfix_str(terminal_safe(f"{labels[row['key']]}: {row['status']}"))
                 bar.update(1)
 
             worker(mine, callbacks.started, finished)

@@ -16,6 +16,7 @@ import time
 
 from tqdm.auto import tqdm
 
+from qsens.errors import terminal_safe
 from qsens.executors import Callbacks, Job, Worker
 
 _POLL_SECONDS = 0.2
@@ -115,7 +116,7 @@ class _Driver:
 
     def done(self, key: str, status: str) -> None:
         self.finished.add(key)
-        self.bar.set_postfix_str(f"{self.labels[key]}: {status}")
+        self.bar.set_postfix_str(terminal_safe(f"{self.labels[key]}: {status}"))
         self.bar.update(1)
 
     def settle(self, ref) -> None:

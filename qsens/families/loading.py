@@ -36,8 +36,47 @@ def load_model(ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(ckpt.location, **pretrained_kwargs(ckpt), dtype=getattr(torch, ckpt.dtype))
+    model, info = AutoModelForCausalLM.from_pretrained(ckpt.location, **pretrained_kwargs(ckpt),
+                                                       dtype=getattr(torch, ckpt.dtype), output_loading_info=True)
+    check_loading_info(model, info, ckpt.location)
     return model.to(device).eval()
+
+
+class WeightsMismatch(RuntimeError):
+    """The checkpoint's weights do not fill the model its config describes (or hold weights it has no place for)."""
+
+
+def _listed(keys: set[str], limit: int = 5) -> str:
+    shown = sorted(keys)[:limit]
+    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_loading_info(model: torch.nn.Module, info: dict, location: str) -> None:
+    """Raise WeightsMismatch when transformers' loading info (`output_loading_info=True`) reports weights missing
+    from the checkpoint (transformers initialises them at random: every number scored would be wrong), weights the
+    model has no place for, shape mismatches or load errors. A tied weight (lm_head sharing the embedding's
+    storage) is not missing: it is the loaded embedding (transformers drops it from missing_keys when it ties;
+    the storage check covers models that tie it themselves)."""
+    state = model.state_dict()
+    missing = set(info.get("missing_keys") or ())
+    if missing:
+        loaded = {t.data_ptr() for name, t in state.items() if name not in missing}
+        missing = {k for k in missing if k not in state or state[k].data_ptr() not in loaded}
+    unexpected = set(info.get("unexpected_keys") or ())
+    mismatched = {str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys") or ()}
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weight(s) the config needs are missing from the checkpoint (they would be "
+                        f"random): {_listed(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weight(s) in the checkpoint have no place in the model its config "
+                        f"describes: {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} weight(s) have another shape than the config says: {_listed(mismatched)}")
+    problems += [str(e)[:200] for e in info.get("error_msgs") or ()]
+    if problems:
+        raise WeightsMismatch(f"{location}: " + "; ".join(problems) + " (is config.json the one these weights "
+                              "were saved with?)")
 
 
 def resolve_device(requested: str) -> torch.device:

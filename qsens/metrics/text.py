@@ -11,13 +11,53 @@ from qsens.metrics.protocol import Protocol
 _ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
 
 
-def read_text(path: str | Path) -> str:
-    """UTF-8 text of a `.txt` or gzip-compressed `.gz` file, newlines preserved as stored."""
+# What a text file may hold, decompressed, before anything reads it whole: the largest shipped text (a Gutenberg
+# training shard used for calibration) is 35 MB; a gzip "bomb" of 1 MB expanding to 1 GiB stops here.
+MAX_TEXT_BYTES = 64 << 20
+# With `max_tokens`, an eval text may hold at most this many bytes per token scored (but always MIN_TEXT_BYTES):
+# the run tokenizes the whole text before it cuts, so a text far beyond what it scores costs memory for nothing.
+MAX_BYTES_PER_TOKEN = 64
+MIN_TEXT_BYTES = 4 << 20
+
+
+class TextTooLarge(ValueError):
+    """The text (decompressed) holds more than its limit."""
+
+
+def text_limit(max_tokens: int | None = None) -> int:
+    """The most bytes an eval text may hold (decompressed): MAX_TEXT_BYTES, or with `max_tokens`
+    max(MIN_TEXT_BYTES, MAX_BYTES_PER_TOKEN x max_tokens) if that is less."""
+    if max_tokens is None:
+        return MAX_TEXT_BYTES
+    return min(MAX_TEXT_BYTES, max(MIN_TEXT_BYTES, MAX_BYTES_PER_TOKEN * max_tokens))
+
+
+def limit_reason(limit: int, max_tokens: int | None = None) -> str:
+    """Why `limit` is the limit, for a message."""
+    if limit == MAX_TEXT_BYTES:
+        return f"the limit for a text is {MAX_TEXT_BYTES:,} bytes"
+    return (f"with max_tokens {max_tokens:,} the limit is max({MIN_TEXT_BYTES:,}, {MAX_BYTES_PER_TOKEN} bytes x "
+            f"max_tokens) = {limit:,} bytes")
+
+
+def read_bytes(path: str | Path, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of a `.txt` file or, decompressed as a stream, of a `.gz` one; TextTooLarge past `limit` bytes
+    (never more than limit + 1 decompressed bytes are held). OSError/EOFError/zlib.error for a broken file."""
     path = Path(path)
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    return raw.decode("utf-8")
+    if path.suffix != ".gz":
+        if path.stat().st_size > limit:
+            raise TextTooLarge(f"{path.stat().st_size:,} bytes")
+        return path.read_bytes()
+    with gzip.open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TextTooLarge(f"more than {limit:,} bytes decompressed")
+    return data
+
+
+def read_text(path: str | Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """UTF-8 text of a `.txt` or gzip-compressed `.gz` file, newlines preserved as stored (see `read_bytes`)."""
+    return read_bytes(path, limit).decode("utf-8")
 
 
 def split_documents(text: str, split: str, separator: str | None = None) -> list[str]:

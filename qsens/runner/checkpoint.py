@@ -14,7 +14,7 @@ import torch
 from qsens.families.checkpoint import Checkpoint
 from qsens.families.loading import load_model, load_tokenizer
 from qsens.metrics.resources import available_bytes, model_bytes
-from qsens.metrics.text import read_text
+from qsens.metrics.text import TextTooLarge, limit_reason, read_text, text_limit
 from qsens.metrics.windows import EvalTokens, build_eval_tokens, model_max_length, position_limit
 from qsens.quantizers import method_module
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
@@ -69,7 +69,16 @@ def _cached_eval_tokens(tokenizer, ev: EvalText, max_length: int) -> EvalTokens:
     if digest is not None and key in _EVAL_TOKENS:
         _EVAL_TOKENS.move_to_end(key)
         return _EVAL_TOKENS[key]
-    tokens = build_eval_tokens(ev.read(), tokenizer, ev.protocol, max_length)
+    if ev.documents:  # a document set: each document was checked by the loader
+        text = ev.read()
+    else:
+        limit = text_limit(ev.protocol.max_tokens)
+        try:
+            text = read_text(ev.path, limit)
+        except TextTooLarge as exc:  # the same limit validate checked: a file swapped since then fails its cells
+            raise TextTooLarge(f"{ev.path} holds {exc}; {limit_reason(limit, ev.protocol.max_tokens)} "
+                               "(cut the text, or raise max_tokens)") from None
+    tokens = build_eval_tokens(text, tokenizer, ev.protocol, max_length)
     if digest is not None:
         _EVAL_TOKENS[key] = tokens
         while len(_EVAL_TOKENS) > _EVAL_TOKENS_KEPT:

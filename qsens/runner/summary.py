@@ -6,18 +6,26 @@ import sys
 from collections import defaultdict
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.table import Table
+
+from qsens.errors import terminal_safe
 
 from qsens.runner.loop import RunSummary
 from qsens.store import ResultStore
 from qsens.suites.load import Suite
 
 
+def escape(text: str) -> str:
+    """Data for the console: no markup read from it, no control characters (ANSI/OSC escapes) passed through."""
+    return escape_markup(terminal_safe(text))
+
+
 def print_summary(suite: Suite, store: ResultStore, summary: RunSummary, console: Console | None = None) -> None:
     """The run's cells (`summary.planned_keys`) as a table, then its counts and first failures.
 
-    Names and errors come from suites, manifests and the hub: data, escaped, never read as console markup."""
+    Names and errors come from suites, manifests and the hub: data, escaped, never read as console markup or
+    terminal control sequences."""
     # Piped or logged output gets a wide table rather than rich's 80-column default, which truncates labels.
     console = console or (Console() if sys.stdout.isatty() else Console(width=220))
     keys = set(summary.planned_keys)

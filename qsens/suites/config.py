@@ -28,6 +28,39 @@ def _not_only_dots(name: str) -> str:
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=100), AfterValidator(_not_only_dots)]
 
 
+def _hub_repo_id(repo_id: str) -> str:
+    """A hub repo id by the hub's own rules (huggingface_hub.utils.validate_repo_id: 'name' or 'namespace/name',
+    letters, digits, '-', '_', '.', no '--' or '..', at most 96 characters per part, not ending in '.git')."""
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # huggingface_hub comes with transformers; without it the run could not reach the hub anyway
+        return repo_id
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ValueError(f"not a hub repo id: {exc}") from None
+    return repo_id
+
+
+_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|//|@\{|\.lock(?:/|$)|(?:^|/)\.")
+
+
+def _hub_revision(revision: str) -> str:
+    """A revision (branch, tag or commit) by git's ref-name rules (`git check-ref-format`), which the hub enforces:
+    no '..', no leading or trailing '/', no '//', no whitespace, control characters or any of ~^:?*[\\, no '@{',
+    no part starting with '.' or ending with '.lock', not '@' alone."""
+    if (not revision or revision == "@" or revision.startswith("/") or revision.endswith(("/", "."))
+            or _BAD_REF.search(revision)):
+        raise ValueError(f"not a valid hub revision (branch, tag or commit): git's ref-name rules forbid '..', a "
+                         f"leading or trailing '/', '//', whitespace, control characters and ~^:?*[\\ (got "
+                         f"{revision!r})")
+    return revision
+
+
+HubRepo = Annotated[str, AfterValidator(_hub_repo_id)]
+HubRevision = Annotated[str, Field(max_length=255), AfterValidator(_hub_revision)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -37,9 +70,9 @@ class CheckpointSpec(_Strict):
 
     name: str | None = None
     path: str | None = Field(None, description="local HF folder, relative to the suite file")
-    revision: str | None = Field(None, description="hub revision (branch, tag or commit) of the family's repo")
+    revision: HubRevision | None = Field(None, description="hub revision (branch, tag or commit) of the family's repo")
     n_params: int | None = Field(None, ge=1, le=INT64_MAX, description="non-embedding parameters N (default: the family's)")
-    tokens: int | None = Field(None, ge=0, le=INT64_MAX, description="pretraining tokens D")
+    tokens: int | None = Field(None, ge=1, le=INT64_MAX, description="pretraining tokens D (a fit takes log D)")
     step: int | None = Field(None, ge=0, le=INT64_MAX, description="training step; D = step x family.tokens_per_step")
     schedule: str | None = None
     stage: str | None = Field(None, description="training stage, e.g. 'stable' or 'anneal' (default: from an "
@@ -79,7 +112,7 @@ class FamilySpec(_Strict):
     name: Name
     manifest: str | None = Field(None, description="manifest.json of a family trained by `qsens family train`")
     select: ManifestSelect = ManifestSelect()
-    hub: str | None = Field(None, description="HF Hub repo id, e.g. EleutherAI/pythia-70m-deduped")
+    hub: HubRepo | None = Field(None, description="HF Hub repo id, e.g. EleutherAI/pythia-70m-deduped")
     n_params: int | None = Field(None, ge=1, le=INT64_MAX, description="default non-embedding N of every checkpoint")
     tokens_per_step: int | None = Field(None, ge=1, le=INT64_MAX,
                                           description="D = step x tokens_per_step (Pythia: 2097152)")

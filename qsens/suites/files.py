@@ -1,19 +1,20 @@
 """Up-front checks of the files a suite names, so `qsens validate` catches what would otherwise fail cell by cell.
 
 A local checkpoint folder must hold a readable `config.json` (a JSON object) and non-empty weights; an eval or
-calibration text must be readable, UTF-8 (gzip-compressed when it ends in .gz) and not only whitespace. The
-checks read what the run would read anyway (the text is hashed for the cell key), nothing more.
+calibration text must be readable, UTF-8 (gzip-compressed when it ends in .gz), within its size limit
+(decompressed, see `qsens.metrics.text.text_limit`) and hold a visible character (not only whitespace, NUL or
+zero-width characters). The checks read what the run would read anyway (the text is hashed for the cell key), nothing more.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from qsens.metrics.text import MAX_TEXT_BYTES, TextTooLarge, limit_reason, read_bytes, text_limit
 from qsens.metrics.windows import position_limit
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -52,17 +53,39 @@ def check_model_folder(folder: Path) -> tuple[FolderInfo | None, str | None]:
     return FolderInfo(stated if stated and stated[1] > 0 else None), None
 
 
-def check_text(path: Path) -> tuple[str | None, str | None]:
-    """(sha256[:16] of the file's bytes, None) for a usable text file, or (None, what is wrong with it)."""
-    if not path.is_file():
-        return None, f"file not found: {path}"
+def resolve(base: Path, relative: str) -> tuple[Path | None, str | None]:
+    """(`base / relative` with symlinks resolved, None), or (None, why it cannot be resolved): a symlink loop
+    raises RuntimeError (Python <= 3.12) or OSError (ELOOP) in Path.resolve, which must not end a validate."""
     try:
-        raw = path.read_bytes()
+        return (base / relative).resolve(), None
+    except (RuntimeError, OSError) as exc:
+        return None, f"cannot resolve {base / relative}: a symlink loop or an unreadable link ({exc})"
+
+
+def _visible(text: str) -> bool:
+    """True if the text has a character a tokenizer would score as content: not whitespace, not a control or
+    format character (NUL, ESC, zero-width space U+200B, BOM U+FEFF, ...). Stops at the first one."""
+    return any(ch.isprintable() and not ch.isspace() for ch in text)
+
+
+def check_text(path: Path, max_tokens: int | None = None) -> tuple[str | None, str | None]:
+    """(sha256[:16] of the file's bytes, None) for a usable text file, or (None, what is wrong with it).
+
+    Decompressed as a stream and refused past `qsens.metrics.text.text_limit(max_tokens)` bytes."""
+    try:
+        if not path.is_file():
+            return None, f"file not found: {path}"
+        raw = path.read_bytes() if path.stat().st_size <= MAX_TEXT_BYTES else None
     except OSError as exc:
         return None, f"cannot read {path}: {exc.strerror or exc}"
+    limit = text_limit(max_tokens)
+    if raw is None:
+        return None, f"{path} is {path.stat().st_size:,} bytes; {limit_reason(MAX_TEXT_BYTES)}"
     digest = hashlib.sha256(raw).hexdigest()[:16]
     try:
-        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+        data = read_bytes(path, limit)
+    except TextTooLarge as exc:
+        return None, f"{path} holds {exc}; {limit_reason(limit, max_tokens)} (cut the text, or raise max_tokens)"
     except (OSError, EOFError, zlib.error) as exc:
         return None, f"not a readable gzip file ({exc}): {path}"
     try:
@@ -71,4 +94,7 @@ def check_text(path: Path) -> tuple[str | None, str | None]:
         return None, f"not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}): {path}"
     if not text.strip():
         return None, f"{'empty' if not text else 'only whitespace'}: {path}"
+    if not _visible(text):
+        return None, (f"no visible character (only whitespace, zero-width or control characters such as NUL): "
+                      f"{path}")
     return digest, None

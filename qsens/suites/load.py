@@ -161,7 +161,9 @@ def _pairing_problems(settings: list[QuantSettings], checkpoints: list[Checkpoin
 
 
 def _manifest_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[Checkpoint], list]:
-    path = (base / fam.manifest).resolve()
+    path, problem = files.resolve(base, fam.manifest)
+    if problem:
+        return [], [(f"{where}.manifest", problem)]
     if not path.is_file():
         return [], [(f"{where}.manifest", f"file not found: {path}")]
     try:
@@ -197,9 +199,14 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
         if tokens > INT64_MAX:
             problems.append((f"{where}.checkpoints[{j}]", f"step x tokens_per_step = {tokens:,} tokens does not fit "
                                                          "in 64 bits; give 'tokens' explicitly"))
+        elif tokens < 1:
+            problems.append((f"{where}.checkpoints[{j}]", f"step {step_of(c)} x tokens_per_step = 0 tokens: a "
+                                                         "checkpoint must have seen at least 1 token (a fit takes "
+                                                         "log D); leave the initialisation out"))
         if c.path is not None:
-            location = str((base / c.path).resolve())
-            problem = files.check_model_folder(Path(location))[1]
+            resolved, problem = files.resolve(base, c.path)
+            location = str(resolved or base / c.path)
+            problem = problem or files.check_model_folder(Path(location))[1]
             if problem:
                 problems.append((f"{where}.checkpoints[{j}].path", problem))
         else:
@@ -211,6 +218,32 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
                        fit_group=fam.fit_group)
         )
     return out, problems
+
+
+def duplicate_checkpoints(checkpoints: list[Checkpoint], family_order: list[str]) -> list[tuple[str, str]]:
+    """The same weights (location, revision, dtype) at the same (N, D) under two names would be computed twice and
+    counted twice in a fit: refused, once per repeated family when a whole family repeats another."""
+    first: dict[tuple, Checkpoint] = {}
+    repeats: dict[tuple[str, str], list[tuple[Checkpoint, Checkpoint]]] = {}
+    for c in checkpoints:
+        same = (c.location, c.revision, c.dtype, c.n_params, c.tokens)
+        if same in first:
+            repeats.setdefault((first[same].family, c.family), []).append((first[same], c))
+        else:
+            first[same] = c
+    problems = []
+    for (fam_a, fam_b), pairs in repeats.items():
+        where = f"families[{family_order.index(fam_b)}]"
+        whole = fam_a != fam_b and len(pairs) == sum(c.family == fam_b for c in checkpoints)
+        if whole:
+            problems.append((where, f"family {fam_b!r} lists the same checkpoints as family {fam_a!r} (same weights, "
+                                    "N and D): give each family once, its cells would be computed twice"))
+            continue
+        for a, b in pairs:
+            problems.append((where, f"checkpoint {short(b.name)} is the same as {short(a.family + '/' + a.name)} (same weights "
+                                    f"{b.location}{'@' + b.revision if b.revision else ''}, N and D): give each "
+                                    "checkpoint once, its cells would be computed twice"))
+    return problems
 
 
 def _folder_problem(ckpt: Checkpoint) -> str | None:
@@ -242,14 +275,16 @@ def _eval_text(ev: EvalSpec, where: str, base: Path) -> tuple[EvalText | None, l
     as_documents = _eval_documents(ev, where, base)
     if as_documents is not None:
         return as_documents
-    path = (base / ev.path).resolve()
-    text_hash, problem = files.check_text(path)
+    path, problem = files.resolve(base, ev.path)
     if problem:
         return None, [(f"{where}.path", problem)]
     try:
         protocol = ev.resolved_protocol()
     except ValidationError as exc:
         return None, pydantic_problems(exc, f"{where}.protocol")
+    text_hash, problem = files.check_text(path, protocol.max_tokens)
+    if problem:
+        return None, [(f"{where}.path", problem)]
     return EvalText(ev.name, path, protocol, text_hash), []
 
 
@@ -340,6 +375,7 @@ def load_suite(path: str | Path) -> Suite:
     quantizers, q_problems = _quantizers(spec)
     quantizers, bind_problems = _bind_quantizers(quantizers, base)
     problems += q_problems + bind_problems
+    problems += duplicate_checkpoints(checkpoints, [f.name for f in spec.families])
     dup = sorted(f"{f}/{n}" for (f, n), k in Counter((c.family, c.name) for c in checkpoints).items() if k > 1)
     if dup:
         problems.append(("families", f"checkpoint names must be unique within a family: {dup}"))
@@ -350,8 +386,8 @@ def load_suite(path: str | Path) -> Suite:
         problems += p
     calibration = None
     if spec.calibration is not None:
-        calibration = (base / spec.calibration.path).resolve()
-        problem = files.check_text(calibration)[1]
+        calibration, problem = files.resolve(base, spec.calibration.path)
+        problem = problem or files.check_text(calibration)[1]
         if problem:
             problems.append(("calibration.path", problem))
     problems += _context_problems(checkpoints, evals, spec)

@@ -92,6 +92,21 @@ def _d(tokens: int) -> str:
     return f"d{tokens / 1e6:07.3f}M"
 
 
+def check_training_memory(spec: LadderSpec, sizes: list[SizeSpec], device) -> None:
+    """ValueError, before any model is allocated, for a size whose training would not fit in the memory `device`
+    has free now (qsens.testbed.spec.training_bytes, an estimate from the shapes)."""
+    from qsens.metrics.resources import available_bytes
+    from qsens.testbed.spec import training_bytes
+
+    free = available_bytes(torch.device(device))
+    for size in sizes:
+        need = training_bytes(spec, size)
+        if need > free:
+            raise ValueError(f"sizes: {size.name} needs about {need / 2**30:,.2f} GiB to train (weights, gradients, "
+                             f"AdamW state, one batch's activations) but {device} has {free / 2**30:,.2f} GiB free; "
+                             "make it smaller or use a larger device")
+
+
 class Ladder:
     def __init__(self, spec: LadderSpec, spec_path: Path, out: Path, log=None, device: str | None = None):
         self.spec, self.base, self.out = spec, spec_path.parent, out
@@ -146,6 +161,7 @@ class Ladder:
     def train(self, sizes: list[str] | None = None, seeds: list[int] | None = None) -> None:
         """Every (size, seed) in turn (or those listed): the WSD stable run and its branches first (they yield
         the most checkpoints per token), then the cosine anchors."""
+        check_training_memory(self.spec, [s for s in self.spec.sizes if not sizes or s.name in sizes], self.device)
         for size in self.spec.sizes:
             if sizes and size.name not in sizes:
                 continue

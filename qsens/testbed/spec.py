@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+# The ladder trains small models; a size beyond this is a typo, refused before anything is allocated.
+MAX_PARAMS = 2_000_000_000
+# Training memory per parameter: float32 weights, gradients and AdamW's two moments.
+TRAIN_BYTES_PER_PARAM = 16
+INT64_MAX = 2**63 - 1
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class _Strict(BaseModel):
@@ -18,7 +26,13 @@ class SizeSpec(_Strict):
     layers: int = Field(ge=1)
     heads: int = Field(ge=1)
     mlp: int = Field(ge=4)
-    seeds: list[int] | None = Field(None, min_length=1, description="training seeds of this size (default: ladder's)")
+    seeds: list[Seed] | None = Field(None, min_length=1, description="training seeds of this size (default: ladder's)")
+
+    def params(self, vocab_size: int) -> int:
+        """Parameters of this size's Llama (tied embeddings, as trainer.build_model makes it), counted from the
+        shapes alone: embedding, per layer q/k/v/o, gate/up/down and two norms, the final norm."""
+        per_layer = 4 * self.hidden * self.hidden + 3 * self.hidden * self.mlp + 2 * self.hidden
+        return vocab_size * self.hidden + self.layers * per_layer + self.hidden
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SizeSpec":
@@ -46,8 +60,8 @@ class CooldownSpec(_Strict):
 class LadderSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
-    seed: int = 0
-    seeds: list[int] | None = Field(None, min_length=1, description="training seeds (init, data order); default [seed]")
+    seed: Seed = 0
+    seeds: list[Seed] | None = Field(None, min_length=1, description="training seeds (init, data order); default [seed]")
     train_text: list[str] = Field(min_length=1, description="files (.txt/.txt.gz), relative to the spec")
     heldout_text: list[str] = Field(default_factory=list, description="never trained on; recorded in the manifest")
     vocab_size: int = Field(1024, ge=260)
@@ -64,7 +78,7 @@ class LadderSpec(_Strict):
     save_dtype: Literal["float32", "float16"] = Field("float32", description="dtype of the stored (scored) weights")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     optim: OptimSpec = OptimSpec()
-    threads: int = Field(0, ge=0, description="torch threads per process (0: torch's default)")
+    threads: int = Field(0, ge=0, le=4096, description="torch threads per process (0: torch's default)")
     trainer: Literal["hf", "fast"] = Field(
         "hf", description="training model: the HF Llama, or qsens' FastLlama (same weights and loss to rounding)")
 
@@ -119,9 +133,41 @@ class LadderSpec(_Strict):
         return max(1, round(budget / self.tokens_per_step))
 
 
+def spec_problems(spec: LadderSpec) -> list[tuple[str, str]]:
+    """(key path, what) of what the types cannot say: every budget is at least one optimizer step of
+    batch_size x sequence_length tokens (a smaller one was rounded up to a step and named as if trained on its own
+    D), and every size has at most MAX_PARAMS parameters (checked before anything is allocated)."""
+    problems = []
+    step = spec.tokens_per_step
+    for i, budget in enumerate(spec.budgets):
+        if budget < step:
+            problems.append((f"budgets[{i}]", f"{budget:,} tokens is less than one step of batch_size x "
+                                              f"sequence_length = {step:,} tokens: at least {step:,} (got {budget})"))
+    for i, size in enumerate(spec.sizes):
+        n = size.params(spec.vocab_size)
+        if n > MAX_PARAMS:
+            problems.append((f"sizes[{i}]", f"hidden {size.hidden:,}, layers {size.layers:,}, mlp {size.mlp:,} and "
+                                            f"vocab_size {spec.vocab_size:,} make {n:.3g} parameters; at most "
+                                            f"{MAX_PARAMS:,} (qsens.testbed.spec.MAX_PARAMS)"))
+    return problems
+
+
+def training_bytes(spec: LadderSpec, size: SizeSpec) -> int:
+    """Memory one training run of `size` needs, estimated from the shapes: TRAIN_BYTES_PER_PARAM per parameter,
+    plus float32 activations of one batch (per layer ~12 x hidden + 3 x mlp values per token, and the logits)
+    counted twice for their gradients."""
+    tokens = spec.batch_size * spec.sequence_length
+    activations = tokens * (size.layers * (12 * size.hidden + 3 * size.mlp) + 2 * spec.vocab_size) * 4 * 2
+    return TRAIN_BYTES_PER_PARAM * size.params(spec.vocab_size) + activations
+
+
 def load_ladder_spec(path: str | Path) -> LadderSpec:
-    """The family spec, read like a suite and strictly typed; raises qsens.documents.DocumentError (a ValueError)
-    listing every problem."""
+    """The family spec, read like a suite and strictly typed (a YAML "8" is not 8); raises
+    qsens.documents.DocumentError (a ValueError) listing every problem."""
     from qsens import documents
 
-    return documents.read_model(Path(path), LadderSpec, "family spec")
+    spec = documents.read_model(Path(path), LadderSpec, "family spec")
+    problems = spec_problems(spec)
+    if problems:
+        raise documents.DocumentError(Path(path), "family spec", problems)
+    return spec

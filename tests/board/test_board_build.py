@@ -198,3 +198,16 @@ def test_a_failing_plot_is_reported_on_its_page_not_fatal(small_results, tmp_pat
     assert result.plot_errors and all("ValueError: no <b>data</b>" in e for e in result.plot_errors)
     page = (tmp_path / "site" / family_page("novels-probe")).read_text()
     assert "ValueError: no &lt;b&gt;data&lt;/b&gt;" in page and 'class="plot"' in page  # the U-curve still drawn
+
+
+def test_rebuild_after_new_cells_arrive(small_results, tmp_path):
+    """Issue 25: the second nightly crashed (`'dict object' has no attribute 'significant'`) when a rebuild saw
+    cells that were not in the last snapshot: an 'added' change has no interval to compare."""
+    site = tmp_path / "site"
+    first = build_board(small_results, site, now=T0)
+    extra = {**small_cells()[0], "key": "new|cell", "checkpoint": "arrived-later", "tokens": 64_000_000}
+    ResultStore(small_results).save(extra)
+    second = build_board(small_results, site, now=T0 + timedelta(days=1))
+    assert second.new_snapshot and second.snapshots == 2 and second.rows >= first.rows
+    page = (site / "history.html").read_text()
+    assert "arrived-later" in page and "<td>added</td>" in page

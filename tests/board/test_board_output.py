@@ -111,3 +111,40 @@ def test_a_site_renamed_away_by_a_killed_build_is_restored(small_results, tmp_pa
     again = build_board(small_results, site)
     assert not again.new_snapshot and again.snapshots == 1  # the old history came back; the data did not change
     assert not (tmp_path / "site.old-killed").exists() and (site / MARKER).is_file()
+
+
+def test_a_results_folder_under_the_parent_is_refused_even_with_force(tmp_path, capsys):
+    """Issue 25: `--results results --out results/a --force` deleted results/a/qsens.sqlite."""
+    for name in ("a", "b"):
+        make_results(tmp_path / "results" / name, fits=False, cells=all_cells()[:2])
+    before = _tree(tmp_path / "results")
+    for out in (tmp_path / "results" / "a", tmp_path / "results"):
+        code = cli_main(["board", "--results", str(tmp_path / "results"), "--out", str(out), "--force"])
+        err = capsys.readouterr().err
+        assert code == 2 and ("results database" in err or "holds the results" in err), err
+        assert "not even with --force" in err or "holds the results" in err, err
+    assert _tree(tmp_path / "results") == before
+
+
+@pytest.mark.parametrize("target", ["qsens.sqlite", "copy.db"])
+def test_the_database_file_itself_is_refused_even_with_force(small_results, tmp_path, capsys, target):
+    """Issue 25: `--out results/qsens.sqlite --force` replaced the database by a site; a copy under another name
+    is recognised by its SQLite header."""
+    database = small_results / "qsens.sqlite"
+    if target != "qsens.sqlite":
+        database = tmp_path / target
+        database.write_bytes((small_results / "qsens.sqlite").read_bytes())
+    before = database.read_bytes()
+    code = cli_main(["board", "--results", str(small_results), "--out", str(database), "--force"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--out {database} is a results database" in err and "not even with --force" in err, err
+    assert database.read_bytes() == before and ResultStore(small_results).integrity_ok()
+
+
+def test_a_folder_holding_a_database_one_level_down_is_refused_even_with_force(small_results, tmp_path, capsys):
+    """Results read from elsewhere: `--out` still never deletes a folder with a results database in it."""
+    other = make_results(tmp_path / "keep" / "old-results", fits=False, cells=all_cells()[:1])
+    code = cli_main(["board", "--results", str(small_results), "--out", str(tmp_path / "keep"), "--force"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"holds a results database ({other / 'qsens.sqlite'})" in err, err
+    assert (other / "qsens.sqlite").is_file()

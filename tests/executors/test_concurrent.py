@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -38,7 +40,12 @@ def _run(suite: Path, results: Path, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, text=True)
 
 
-def _wait_for(results: Path, predicate, proc: subprocess.Popen, seconds: float = 120) -> None:
+# Hang guards only: nothing here waits for a time to pass, so a loaded machine (issue 25: load average 15-30 on two
+# cores) makes the test slower, never wrong.
+WAIT_LIMIT = 1800
+
+
+def _wait_for(results: Path, predicate, proc: subprocess.Popen, seconds: float = WAIT_LIMIT) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None:
         if predicate(_cells(results)):
@@ -47,13 +54,47 @@ def _wait_for(results: Path, predicate, proc: subprocess.Popen, seconds: float =
     raise AssertionError(f"condition not reached; run exited {proc.poll()}: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
 
 
+def _stop_outside_a_write(proc: subprocess.Popen, results: Path) -> None:
+    """SIGSTOP `proc` at a moment it holds no write transaction on the database (else the other run would wait
+    on a lock held by a stopped process): stop, probe the write lock without waiting, let it go on if held."""
+    deadline = time.monotonic() + WAIT_LIMIT
+    while time.monotonic() < deadline:
+        os.kill(proc.pid, signal.SIGSTOP)
+        con = sqlite3.connect(results / "qsens.sqlite", timeout=0)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.rollback()
+            return
+        except sqlite3.OperationalError:  # locked by `proc`: let it finish its transaction
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            con.close()
+    raise AssertionError("the run held the write lock at every probe")
+
+
 def test_two_runs_share_the_work_and_compute_no_cell_twice(suite_writer, tiny_checkpoints, tmp_path):
+    """The second run starts while the first is computing its first checkpoint; to make that so on a machine of
+    any speed, the first is paused (SIGSTOP) until the second has claimed cells of its own, then resumed, so both
+    run side by side from there on and neither can finish everything before the other starts."""
     suite = _four_checkpoint_suite(suite_writer, tiny_checkpoints, "share")
     results = tmp_path / "res"
     first = _run(suite, results, tmp_path)
-    _wait_for(results, lambda cells: any(c["status"] == "running" for c in cells.values()), first)
-    second = _run(suite, results, tmp_path)
-    out = [p.communicate(timeout=300) for p in (first, second)]
+    second = None
+    try:
+        _wait_for(results, lambda cells: any(c["status"] == "running" and c["started_at"] for c in cells.values()),
+                  first)
+        _stop_outside_a_write(first, results)
+        second = _run(suite, results, tmp_path)
+        _wait_for(results, lambda cells: any(f":{second.pid}:" in (c["owner"] or "") for c in cells.values()), second)
+        os.kill(first.pid, signal.SIGCONT)
+        out = [p.communicate(timeout=WAIT_LIMIT) for p in (first, second)]
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                p.kill()
+                p.wait()
     assert (first.returncode, second.returncode) == (0, 0), out
     cells = _cells(results)
     assert len(cells) == 12 and all(c["status"] == "ok" for c in cells.values())

@@ -1,4 +1,4 @@
-"""Fuzzing suite and manifest loading with Hypothesis (issue 16).
+"""Fuzzing suite, manifest, family-spec and nightly-config loading with Hypothesis (issues 16 and 25).
 
 Each example starts from a valid suite (or manifest) and breaks it: a value anywhere replaced by a hostile one
 (wrong type, a number as a string, "yes", integers beyond 64 bits, negative numbers, inf/NaN, huge floats, lists,
@@ -9,7 +9,9 @@ The property: `qsens validate` (the CLI entry, in-process) exits 0 for a documen
 otherwise, with every problem on a line `file: key path: what`, naming a path the mutation touched (or the file
 itself, for encodings and duplicate keys); never a traceback or any other status; each example within the
 Hypothesis deadline. A handful of hostile files also go through a real `python -m qsens validate` subprocess.
-CI runs 1,000 examples (derandomized, so a failure reproduces); QSENS_HEAVY=full runs 10,000 random ones.
+Family specs and nightly configs get the same mutations (and unquoted YAML 1.1/1.2-ambiguous scalars, as suites do)
+through their loaders. CI runs 1,000 suite/manifest and 600 family/nightly examples (derandomized, so a failure
+reproduces); QSENS_HEAVY=full runs 10,000 and 5,000 random ones.
 """
 
 from __future__ import annotations
@@ -53,6 +55,22 @@ MANIFEST = {"format": 1, "family": "fam", "checkpoints": [dict(
     name="m1", path="m1", size="s", schedule="cosine", n_params=1000, n_params_total=2000, tokens=5000, steps=10,
     tokens_per_step=500, epochs=0.5, lr_at_checkpoint=0.0, peak_lr=0.01, seed=0, data_order="seeded")]}
 
+# A family spec (qsens family train) and a nightly config: only loaded, so their files need not exist.
+FAMILY = {
+    "name": "fzf", "seed": 0, "train_text": ["a.txt.gz"], "vocab_size": 300, "sequence_length": 32, "batch_size": 8,
+    "sizes": [{"name": "h16", "hidden": 16, "layers": 1, "heads": 2, "mlp": 48, "seeds": [0, 1]}],
+    "budgets": [16384, 65536], "schedules": ["cosine", "wsd"], "cooldowns": [{"fraction": 0.2, "budgets": "all"}],
+    "optim": {"peak_lr": 0.01, "warmup_steps": 8, "betas": [0.9, 0.95]}, "threads": 1, "device": "cpu",
+}
+NIGHTLY = {
+    "suites": [{"suite": "suite.yaml", "results": "res/a", "executor": "local", "retries": 1},
+               {"suite": "other.yaml", "executor": "ray", "address": "auto", "num_gpus_per_task": 0.5}],
+    "fit": True, "board": {"results": "res", "out": "site"}, "log": "res/nightly.jsonl",
+}
+BASES = {"suite": SUITE, "manifest": MANIFEST, "family": FAMILY, "nightly": NIGHTLY}
+# Plain scalars YAML 1.1 and 1.2 read differently, written unquoted into the file (issue 25).
+AMBIGUOUS = ["010", "yes", "No", "on", "OFF", "1:30", "0b11", "1_000", "09", "-007"]
+
 HOSTILE = [
     "4", "yes", "no", "on", "", " ", "..", "../../etc", "/abs/path", "a/b", "[red]x[/red]", "x[/red]", "[bold",
     "<script>alert(1)</script>", "&amp;<b>", "=cmd|' /C calc'!A0", "+1", "-1", "@SUM(A1)", "\x1b[31mred", "tab\there",
@@ -89,17 +107,22 @@ def _dotted(path) -> str:
 
 
 @st.composite
-def mutated(draw):
-    """(target 'suite' or 'manifest', file bytes, paths touched, mutation kinds)."""
-    target = draw(st.sampled_from(["suite", "suite", "suite", "manifest"]))
-    doc = copy.deepcopy(SUITE if target == "suite" else MANIFEST)
-    touched, kinds, dups = [], [], []
+def mutated(draw, targets=("suite", "suite", "suite", "manifest")):
+    """(target: a key of BASES, file bytes, paths touched, mutation kinds)."""
+    target = draw(st.sampled_from(targets))
+    doc = copy.deepcopy(BASES[target])
+    touched, kinds, dups, plain = [], [], [], []
     for _ in range(draw(st.integers(1, 3))):
         paths = [p for p, _ in _paths(doc)]
-        kind = draw(st.sampled_from(["value", "value", "value", "unknown", "duplicate", "remove"]))
+        kind = draw(st.sampled_from(["value", "value", "value", "unknown", "duplicate", "remove"]
+                                    + (["ambiguous"] if target != "manifest" else [])))
         path = draw(st.sampled_from(paths))
         parent_path = path if isinstance(_get(doc, path), dict) else None
-        if kind == "value" and path:
+        if kind == "ambiguous" and path:
+            marker = f"zzamb{len(plain)}zz"
+            _get(doc, path[:-1])[path[-1]] = marker
+            plain.append((marker, draw(st.sampled_from(AMBIGUOUS))))
+        elif kind == "value" and path:
             value = draw(st.one_of(st.sampled_from(HOSTILE), st.integers(), st.floats(), st.text(max_size=30),
                                    st.lists(st.integers(), max_size=3)))
             _get(doc, path[:-1])[path[-1]] = value
@@ -130,6 +153,8 @@ def mutated(draw):
         text = yaml.safe_dump(doc, allow_unicode=True, sort_keys=False, width=1000)
         for marker, key in dups:
             text = text.replace(f"{marker}:", f"{key}:")
+        for marker, token in plain:
+            text = text.replace(marker, token)
     encoding = draw(st.sampled_from(["utf-8"] * 8 + ["utf-16", "latin-1", "bad-bytes"]))
     if encoding == "bad-bytes":
         data = text.encode() + b"\n# \xff\xfe\x80\n"
@@ -182,12 +207,15 @@ def test_fuzz_suites_and_manifests(folder):
         manifest_path.write_bytes(data if target == "manifest" else json.dumps(MANIFEST).encode())
         code, err = _validate(suite_path)
         counts["generated"] += 1
+        counts[f"{target} generated"] += 1
         assert "Traceback" not in err and code in (0, 2), (code, err)
         if code == 0:
             counts["still valid"] += 1
+            counts[f"{target} accepted"] += 1
             assert err == ""
             return
         counts["rejected with a message"] += 1
+        counts[f"{target} rejected"] += 1
         lines = err.splitlines()
         assert lines[0] == "invalid suite" and len(lines) > 1, err
         assert all(line.startswith(f"  {suite_path}: ") for line in lines[1:] if line.startswith("  /")), err
@@ -202,6 +230,56 @@ def test_fuzz_suites_and_manifests(folder):
     print(f"\nfuzz: {dict(counts)}")
     assert counts["generated"] >= (10_000 if FULL else 1_000)
     assert counts["rejected with a message"] >= 0.7 * counts["generated"]
+
+
+def _load_outcome(target: str, path: Path) -> tuple[str, str]:
+    """('accepted', '') or ('rejected', message) from the family-spec or nightly-config loader; anything else (another
+    exception) propagates and fails the property."""
+    from qsens.documents import DocumentError
+    from qsens.nightly import ConfigError, load_config
+    from qsens.testbed.spec import load_ladder_spec
+
+    try:
+        load_ladder_spec(path) if target == "family" else load_config(path)
+    except (DocumentError, ConfigError) as exc:
+        return "rejected", str(exc)
+    return "accepted", ""
+
+
+def test_fuzz_family_specs_and_nightly_configs(tmp_path):
+    """The same mutations on family specs and nightly configs (issue 25): each loads, or is refused with a message
+    whose lines are all `file: key path: what` under `file: invalid family spec|nightly config`, naming a path the
+    mutation touched (or <top>); never another exception."""
+    paths = {"family": tmp_path / "family.yaml", "nightly": tmp_path / "nightly.yaml"}
+    for target, path in paths.items():
+        path.write_text(yaml.safe_dump(BASES[target], sort_keys=False))
+        assert _load_outcome(target, path) == ("accepted", ""), target
+
+    @settings(max_examples=5_000 if FULL else 600, deadline=timedelta(seconds=3), derandomize=not FULL,
+              database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(case=mutated(targets=("family", "nightly")))
+    def check(case):
+        target, data, touched, kinds = case
+        path = paths[target]
+        path.write_bytes(data)
+        outcome, message = _load_outcome(target, path)
+        counts[f"{target} generated"] += 1
+        counts[f"{target} {outcome}"] += 1
+        if outcome == "accepted":
+            return
+        what = "family spec" if target == "family" else "nightly config"
+        lines = message.splitlines()
+        assert lines[0] == f"{path}: invalid {what}" and len(lines) > 1, message
+        assert all(line.startswith(f"  {path}: ") for line in lines[1:]), message
+        if not ({"encoding", "duplicate"} & set(kinds)):
+            heads = {_dotted(p[:1]) for p in touched if p}
+            assert any(f"{path}: {h}" in message for h in heads) or f"{path}: <top>" in message, message
+
+    check()
+    print(f"\nfuzz: {dict(counts)}")
+    for target in paths:
+        assert counts[f"{target} generated"] >= (1_000 if FULL else 200)
+        assert counts[f"{target} rejected"] >= 0.6 * counts[f"{target} generated"]
 
 
 HOSTILE_FILES = {
