@@ -95,12 +95,12 @@ def counting():
             sweep.q_seconds[id(model)] += dt
         return z
 
-    def sweep(fp_model, q_models, tokens, device, batch_size=8, kl=True):
+    def sweep(fp_model, q_models, tokens, device, batch_size=8, kl=True, **options):
         s = Sweep(current["checkpoint"], _n_batches(tokens, batch_size))
         log.sweeps.append(s)
         current["sweep"], current["fp"] = s, fp_model
         try:
-            return orig_sweep(fp_model, q_models, tokens, device, batch_size, kl)
+            return orig_sweep(fp_model, q_models, tokens, device, batch_size, kl, **options)
         finally:
             current["sweep"] = current["fp"] = None
 
