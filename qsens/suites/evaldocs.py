@@ -21,7 +21,9 @@ TEXT_SUFFIXES = (".txt", ".txt.gz")
 def document_files(spec_path: str | list[str], base: Path) -> tuple[list[Path] | None, list[tuple[str, str]]]:
     """The files of a documents eval (None for a plain one-file eval), or problems (key, what)."""
     if isinstance(spec_path, str):
-        folder = (base / spec_path).resolve()
+        folder, problem = files.resolve(base, spec_path)
+        if problem:  # a symlink loop: the one-file check reports it with the same message
+            return None, []
         if not folder.is_dir():
             return None, []
         found = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
@@ -30,7 +32,11 @@ def document_files(spec_path: str | list[str], base: Path) -> tuple[list[Path] |
         return found, []
     if not spec_path:
         return None, [("path", "an empty list of documents")]
-    paths = [(base / p).resolve() for p in spec_path]
+    resolved = [files.resolve(base, p) for p in spec_path]
+    bad = [(f"path[{i}]", problem) for i, (_, problem) in enumerate(resolved) if problem]
+    if bad:
+        return None, bad
+    paths = [path for path, _ in resolved]
     dup = sorted({str(p) for p in paths if paths.count(p) > 1})
     return paths, [("path", f"a document is listed twice: {', '.join(dup)}")] if dup else []
 

@@ -123,3 +123,13 @@ def test_the_whole_document_micro_suite_scores_both_novels_and_every_article():
     assert (wiki.protocol.unit, wiki.protocol.split) == ("document", "wikitext_articles")
     assert {c.train_seed for c in suite.checkpoints} >= {0, 1}
     assert [s.label() for s in suite.quantizers if s.method == "cast"] == ["cast-float16-linears"]
+
+
+def test_a_document_that_is_a_symlink_loop_is_named_not_a_crash(tmp_path):
+    from qsens.suites.evaldocs import document_files
+
+    (tmp_path / "good.txt").write_text("a real document\n")
+    (tmp_path / "loop-a.txt").symlink_to(tmp_path / "loop-b.txt")
+    (tmp_path / "loop-b.txt").symlink_to(tmp_path / "loop-a.txt")
+    paths, problems = document_files(["good.txt", "loop-a.txt"], tmp_path)
+    assert paths is None and [k for k, _ in problems] == ["path[1]"] and "symlink loop" in problems[0][1]

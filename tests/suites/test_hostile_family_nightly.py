@@ -52,7 +52,7 @@ def test_the_tiny_family_spec_is_valid(tmp_path):
 
 def test_memory_is_checked_before_any_model_is_built(tmp_path, monkeypatch):
     """A size within MAX_PARAMS whose training would not fit in free memory: refused with the estimate, before
-    trainer.build_model allocates anything."""
+    the ladder builds its training model."""
     from qsens.testbed import ladder, spec as spec_module
 
     spec = spec_module.load_ladder_spec(write_tiny_spec(tmp_path))
@@ -60,7 +60,7 @@ def test_memory_is_checked_before_any_model_is_built(tmp_path, monkeypatch):
     params = 300 * 32 + 1 * (4 * 32 * 32 + 3 * 32 * 96 + 2 * 32) + 32
     assert size.params(spec.vocab_size) == params
     monkeypatch.setattr("qsens.metrics.resources.available_bytes", lambda device: 16 * params)  # weights only
-    monkeypatch.setattr(ladder, "build_model", lambda *a, **k: pytest.fail("allocated before the memory check"))
+    monkeypatch.setattr(ladder, "build_training_model", lambda *a, **k: pytest.fail("allocated before the memory check"))
     with pytest.raises(ValueError, match=r"sizes: h32 needs about .* GiB to train .* but cpu has"):
         ladder.check_training_memory(spec, [size], "cpu")
 
