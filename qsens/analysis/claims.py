@@ -275,15 +275,16 @@ def claims_markdown(results_dir: str | Path, ev: str = "heldout-novels", label: 
             f"γ = {OUYANG_GAMMA}):\n\n{laws_table(fits, ev)}\n")
 
 
-def replace_block(readme: str, block: str) -> str:
-    """readme with the text between the claims markers replaced by block; ValueError without the markers."""
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+def replace_block(readme: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    """readme with the text between the markers (default: the claims block's) replaced by block; ValueError
+    without the markers."""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if not pattern.search(readme):
-        raise ValueError(f"no {BEGIN} … {END} block in the README")
-    return pattern.sub(lambda _: f"{BEGIN}\n{block}{END}", readme)
+        raise ValueError(f"no {begin} … {end} block in the README")
+    return pattern.sub(lambda _: f"{begin}\n{block}{end}", readme)
 
 
-def readme_block(readme: str) -> str:
-    """The text between the claims markers."""
-    start, end = readme.index(BEGIN) + len(BEGIN) + 1, readme.index(END)
-    return readme[start:end]
+def readme_block(readme: str, begin: str = BEGIN, end: str = END) -> str:
+    """The text between the markers (default: the claims block's)."""
+    start, stop = readme.index(begin) + len(begin) + 1, readme.index(end)
+    return readme[start:stop]

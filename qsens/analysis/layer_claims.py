@@ -11,10 +11,10 @@ and over the kinds, at the largest D).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 
+from qsens.analysis import claims
 from qsens.analysis.claims import Claim
 from qsens.metrics.layer_stats import WHOLE, layer_series, set_label, summarize
 
@@ -121,12 +121,8 @@ def layer_claims_markdown(results_dir: str | Path, ev: str = "heldout-novels", l
 
 
 def replace_block(readme: str, block: str) -> str:
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    if not pattern.search(readme):
-        raise ValueError(f"no {BEGIN} … {END} block in the README")
-    return pattern.sub(lambda _: f"{BEGIN}\n{block}{END}", readme)
+    return claims.replace_block(readme, block, BEGIN, END)
 
 
 def readme_block(readme: str) -> str:
-    start, end = readme.index(BEGIN) + len(BEGIN) + 1, readme.index(END)
-    return readme[start:end]
+    return claims.readme_block(readme, BEGIN, END)
