@@ -11,6 +11,7 @@ Ray is an optional extra: `pip install qsens[ray]`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -63,6 +64,28 @@ def _run_job(worker: Worker, job: Job, inbox, threads: int) -> int:
     return os.getpid()
 
 
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
+
+@contextlib.contextmanager
+def workers_at_callers_priority():
+    """While a local Ray instance starts, its workers' niceness increment is 0 unless the user chose one.
+
+    Ray starts workers at nice +15 by default. On a machine busy with the user's own jobs (the normal case), a
+    niced worker gets almost no CPU: a checkpoint task sat importing scipy at 2% CPU for 13 minutes beside four
+    normal-priority burners (issue 25). The raylet reads the setting from its environment when `ray.init` starts
+    it, so the variable is set only around that call.
+    """
+    if WORKER_NICENESS_ENV in os.environ:
+        yield
+        return
+    os.environ[WORKER_NICENESS_ENV] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(WORKER_NICENESS_ENV, None)
+
+
 def connect(address: str | None, temp_dir: str | None = None, num_cpus: int | None = None):
     """Join the cluster at `address`, or start a local instance; returns the ray module."""
     ray = _import_ray()
@@ -72,7 +95,8 @@ def connect(address: str | None, temp_dir: str | None = None, num_cpus: int | No
             kwargs |= {"include_dashboard": False, "num_cpus": num_cpus}
             if temp_dir:
                 kwargs["_temp_dir"] = str(temp_dir)
-        ray.init(**{k: v for k, v in kwargs.items() if v is not None})
+        with workers_at_callers_priority() if address is None else contextlib.nullcontext():
+            ray.init(**{k: v for k, v in kwargs.items() if v is not None})
     return ray
 
 

@@ -175,3 +175,28 @@ def test_a_worker_dead_after_its_first_row_is_resubmitted_with_only_the_rest(tin
         for k in rest:  # started before the death: the failed row keeps that start
             assert cells[k]["status"] == "failed" and cells[k]["started_at"] is not None
             assert cells[k]["error"].startswith("worker lost after 1 attempt(s): ")
+
+
+def _own_niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_local_ray_workers_run_at_the_callers_priority(ray_env, monkeypatch):
+    """Ray's default worker niceness (+15) starves qsens' tasks beside the user's own jobs (issue 25)."""
+    from qsens.executors.ray import WORKER_NICENESS_ENV, connect
+
+    monkeypatch.delenv(WORKER_NICENESS_ENV, raising=False)
+    ray = connect(None, temp_dir=ray_env["temp_dir"], num_cpus=1)
+    # a lambda travels by value (the test module is not importable on a worker)
+    worker_niceness = ray.get(ray.remote(num_cpus=1)(lambda: os.getpriority(os.PRIO_PROCESS, 0)).remote())
+    assert worker_niceness == _own_niceness()
+    assert WORKER_NICENESS_ENV not in os.environ  # set only while the instance started
+
+
+def test_a_users_worker_niceness_is_kept(monkeypatch):
+    from qsens.executors.ray import WORKER_NICENESS_ENV, workers_at_callers_priority
+
+    monkeypatch.setenv(WORKER_NICENESS_ENV, "7")
+    with workers_at_callers_priority():
+        assert os.environ[WORKER_NICENESS_ENV] == "7"
+    assert os.environ[WORKER_NICENESS_ENV] == "7"
