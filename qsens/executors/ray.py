@@ -95,9 +95,40 @@ def connect(address: str | None, temp_dir: str | None = None, num_cpus: int | No
             kwargs |= {"include_dashboard": False, "num_cpus": num_cpus}
             if temp_dir:
                 kwargs["_temp_dir"] = str(temp_dir)
-        with workers_at_callers_priority() if address is None else contextlib.nullcontext():
-            ray.init(**{k: v for k, v in kwargs.items() if v is not None})
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        if address is None:
+            _start_local(ray, kwargs)
+        else:
+            ray.init(**kwargs)
     return ray
+
+
+LOCAL_START_ATTEMPTS = 3
+
+
+def _start_local(ray, kwargs: dict, attempts: int = LOCAL_START_ATTEMPTS) -> None:
+    """`ray.init` of a local instance, tried again when Ray gives up on its own startup.
+
+    Ray waits a fixed 30 s (not configurable) for its raylet to register with the GCS; on a machine at load ~17 on
+    2 cores that wait ran out ("The current node timed out during startup"), while the same start succeeds once
+    the processes' imports are warm. A failed start is shut down before the next; after `attempts` the error says
+    what to do instead.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with workers_at_callers_priority():
+                ray.init(**kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            if attempt == attempts:
+                load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+                raise RuntimeError(
+                    f"the local Ray instance did not start: Ray timed out during its own startup {attempts} times "
+                    f"(load average {load} on {os.cpu_count()} CPUs). Retry on a less busy machine, use "
+                    "--executor local, or start Ray yourself (`ray start --head`) and pass --address") from exc
 
 
 def _gpus_per_task(ray, requested: float | None) -> float:

@@ -200,3 +200,36 @@ def test_a_users_worker_niceness_is_kept(monkeypatch):
     with workers_at_callers_priority():
         assert os.environ[WORKER_NICENESS_ENV] == "7"
     assert os.environ[WORKER_NICENESS_ENV] == "7"
+
+
+class _SlowStartingRay:
+    """A stand-in for the ray module whose first `fails` inits time out as Ray's own startup wait does."""
+
+    def __init__(self, fails: int):
+        self.fails, self.inits, self.shutdowns = fails, 0, 0
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.fails:
+            raise Exception("The current node timed out during startup. This could happen because some of the "
+                            "raylet failed to startup or the GCS has become overloaded.")
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_local_start_that_ray_gives_up_on_is_tried_again():
+    from qsens.executors.ray import _start_local
+
+    ray = _SlowStartingRay(fails=2)
+    _start_local(ray, {})
+    assert (ray.inits, ray.shutdowns) == (3, 2)
+
+
+def test_a_local_start_that_keeps_timing_out_says_what_to_do():
+    from qsens.executors.ray import _start_local
+
+    ray = _SlowStartingRay(fails=3)
+    with pytest.raises(RuntimeError, match=r"timed out during its own startup 3 times .*--executor local"):
+        _start_local(ray, {})
+    assert ray.shutdowns == 3
