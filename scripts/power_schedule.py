@@ -12,6 +12,9 @@ them; u_s cancels exactly from every slope and κ when all seeds of a size share
 and a cooldown's ε correlated (branch_rho) with the ε of the stable checkpoint it branched from.
 Hypotheses: D (β_s = β_c = 0.5) and decay (β_s = 0, β_c = --decay-beta-c); κ = --kappa under both.
 σ: the pilot's pooled seed SD of log Δ (scripts/pilot_sigma.py) once measured; the default grid brackets it.
+--gate-null prints, instead of verdicts, the null distribution of the two fit-gate statistics (the largest
+|β_upper − β_lower| and the largest |LOO log error| over the arms of a dataset, the power law being true) and
+their 95/99% points: the calibration of the amended rule's tolerances (docs/schedule-question.md).
 --boot below the rule's 2,000 (e.g. 200) is for speed: percentile ends from 200 replicates are noisier, which
 moves single verdicts but little the verdict rates.
 The checkpoint gate is simulated by dropping whole (size, arm) groups (issue 20: h32's stable arm never passes).
@@ -26,7 +29,7 @@ from collections import Counter
 
 import numpy as np
 
-from qsens.analysis.schedule_rule import D_BAR, Point, decide
+from qsens.analysis.schedule_rule import ARMS, D_BAR, Point, arm_gates, decide
 
 N = {"h32": 47_392, "h48": 111_024, "h96": 443_232}
 BUDGETS = [4.19e6, 8.39e6, 16.8e6, 33.6e6, 67.1e6, 134.2e6]
@@ -41,6 +44,11 @@ DESIGNS = {
     "original-nogate": {"seeds": {"h32": 3, "h48": 3, "h96": 1}, "all_branches": True, "drop": set()},
     "h48x3+h96x3": {"seeds": {"h48": 3, "h96": 3}, "all_branches": False, "drop": set()},
     "h48x5+h96x5": {"seeds": {"h48": 5, "h96": 5}, "all_branches": False, "drop": set()},
+    # half the training cost: the 134.2M budget dropped (80M instead of 160M tokens per trajectory)
+    "h48x5+h96x5-to67M": {"seeds": {"h48": 5, "h96": 5}, "all_branches": False, "drop": set(),
+                          "budgets": BUDGETS[:5]},
+    "h48x6+h96x4-to67M": {"seeds": {"h48": 6, "h96": 4}, "all_branches": False, "drop": set(),
+                          "budgets": BUDGETS[:5]},
 }
 
 
@@ -48,7 +56,8 @@ def trajectory(size: str, seed: int, spec: dict, beta_s: float, beta_c: float, a
     """One (size, seed)'s stable checkpoints and f = 0.2 cooldowns, simulated."""
     u, v = rng.normal(0, args.seed_sd), rng.normal(0, args.seed_slope_sd)
     c = -3.0 + 0.3 * math.log(N[size] / 1e5)  # any c_N: the rule has one intercept per size
-    stable_d = sorted({0.8 * b for b in BUDGETS} | ({f * b for b in FACTORIAL for f in (0.9, 0.6)}
+    budgets = spec.get("budgets", BUDGETS)
+    stable_d = sorted({0.8 * b for b in budgets} | ({f * b for b in FACTORIAL for f in (0.9, 0.6)}
                                                   if spec["all_branches"] and args.factorial_stable else set()))
     eps = {d: rng.normal(0, args.sigma) for d in stable_d}
     pts = []
@@ -57,7 +66,7 @@ def trajectory(size: str, seed: int, spec: dict, beta_s: float, beta_c: float, a
             x = math.log(d / D_BAR)
             pts.append(Point(size, N[size], seed, "stable", d, math.exp(c + beta_s * x + u + v * x + eps[d])))
     if (size, "cooled") not in spec["drop"]:
-        for b in BUDGETS:
+        for b in budgets:
             x = math.log(b / D_BAR)
             e = args.branch_rho * eps[0.8 * b] + math.sqrt(1 - args.branch_rho ** 2) * rng.normal(0, args.sigma)
             pts.append(Point(size, N[size], seed, "cooled", b,
@@ -78,6 +87,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--boot", type=int, default=200, help="bootstrap replicates per dataset (the rule: 2000)")
     ap.add_argument("--loo-tol", type=float, default=0.2)
+    ap.add_argument("--halves-tol", type=float, default=0.2)
+    ap.add_argument("--gate-null", action="store_true", help="the gates' null distribution instead of verdicts")
     ap.add_argument("--kappa", type=float, default=math.log(1.2))
     ap.add_argument("--decay-beta-c", type=float, default=0.6)
     ap.add_argument("--seed-sd", type=float, default=0.10, help="per-trajectory intercept SD")
@@ -92,6 +103,8 @@ def main() -> None:
     print("| design | sigma | truth | P(correct) | P(wrong) | P(inconclusive) | SE | top inconclusive reasons |")
     print("|---|---|---|---|---|---|---|---|")
     rng, sigmas = np.random.default_rng(args.seed), list(args.sigma)
+    if args.gate_null:
+        return gate_null(args, rng, sigmas)
     for name in args.designs:
         for sigma in sigmas:
             args.sigma = sigma  # trajectory() reads the current σ
@@ -99,7 +112,7 @@ def main() -> None:
                 t0, verdicts, reasons = time.time(), Counter(), Counter()
                 for r in range(args.reps):
                     out = decide(simulate(DESIGNS[name], truth, args, rng), n_boot=args.boot,
-                                 loo_tol=args.loo_tol, seed=r)
+                                 loo_tol=args.loo_tol, halves_tol=args.halves_tol, seed=r)
                     verdicts[out["verdict"]] += 1
                     if out["reason"]:
                         reasons[out["reason"].split(" (")[0]] += 1
@@ -110,6 +123,32 @@ def main() -> None:
                 top = ", ".join(f"{k} {v / n:.2f}" for k, v in reasons.most_common(3))
                 print(f"| {name} | {sigma:.2f} | {truth} | {p_ok:.3f} | {p_wrong:.3f} | {p_inc:.3f} | "
                       f"{se:.3f} | {top} |  <!-- {time.time() - t0:.0f}s -->", flush=True)
+
+
+def gate_statistics(points: list[Point]) -> tuple[float, float]:
+    """(largest |β_upper − β_lower|, largest |LOO log error|) over the arms: a gate passes iff its statistic is
+    below its tolerance in every arm, so these are what a tolerance is compared with."""
+    halves, loo = 0.0, 0.0
+    for arm in ARMS:
+        g = arm_gates([p for p in points if p.arm == arm], loo_tol=math.inf, halves_tol=math.inf)
+        halves = max(halves, abs(g["beta_upper_half"] - g["beta_lower_half"]))
+        loo = max(loo, max(abs(e) for e in g["loo_log_error"].values()))
+    return halves, loo
+
+
+def gate_null(args, rng, sigmas) -> None:
+    print("| design | sigma | truth | halves q95 | halves q99 | LOO q95 | LOO q99 | P(fail) at tols |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.designs:
+        for sigma in sigmas:
+            args.sigma = sigma
+            for truth in ("D", "decay"):
+                stats = np.array([gate_statistics(simulate(DESIGNS[name], truth, args, rng))
+                                  for _ in range(args.reps)])
+                q = np.percentile(stats, [95, 99], axis=0)
+                fail = np.mean((stats[:, 0] >= args.halves_tol) | (stats[:, 1] >= args.loo_tol))
+                print(f"| {name} | {sigma:.3f} | {truth} | {q[0, 0]:.3f} | {q[1, 0]:.3f} | {q[0, 1]:.3f} | "
+                      f"{q[1, 1]:.3f} | {fail:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -208,8 +208,9 @@ def classify(iv: Mapping[str, tuple[float, float]]) -> str:
 
 
 def decide(rows: Iterable, d_bar: float = D_BAR, n_boot: int = 2000, loo_tol: float = 0.2, seed: int = 0,
-           filtered_share: Mapping[str, float] | None = None) -> dict:
-    """The rule on one (quantizer, eval). filtered_share: {arm: share of its checkpoints removed by filters 2–3}.
+           filtered_share: Mapping[str, float] | None = None, halves_tol: float = HALVES_TOL) -> dict:
+    """The rule on one (quantizer, eval). filtered_share: {arm: share of its checkpoints removed by filters 2–3};
+    loo_tol, halves_tol: the fit gates' tolerances (0.2 and 0.2 in the original rule).
     Returns {'verdict', 'reason' (None when decisive), 'estimate', 'bootstrap', 't_check', 'verdict_bootstrap',
     'verdict_t', 'gates': {arm: arm_gates}, 'level_effect': bool (bootstrap κ low > log 1.1)}."""
     points = as_points(rows)
@@ -217,7 +218,7 @@ def decide(rows: Iterable, d_bar: float = D_BAR, n_boot: int = 2000, loo_tol: fl
     boot, tcheck = bootstrap_intervals(d, n_boot, seed), t_intervals(d)
     v_boot = classify(boot)
     v_t = classify(tcheck) if tcheck else "inconclusive"
-    gates = {arm: arm_gates([p for p in points if p.arm == arm], loo_tol) for arm in ARMS}
+    gates = {arm: arm_gates([p for p in points if p.arm == arm], loo_tol, halves_tol) for arm in ARMS}
     unresolved = [a for a, s in (filtered_share or {}).items() if s > MAX_FILTERED_SHARE]
     if unresolved:
         verdict, reason = "inconclusive", f"Δ not resolved ({', '.join(sorted(unresolved))})"

@@ -100,6 +100,9 @@ def test_halves_gate_fails_on_a_bent_law():
     out = sr.decide(pts, n_boot=50)
     assert not out["gates"]["stable"]["halves_pass"] and not out["gates"]["cooled"]["halves_pass"]
     assert (out["verdict"], out["reason"]) == ("inconclusive", "power law not adequate")
+    gap = max(abs(g["beta_upper_half"] - g["beta_lower_half"]) for g in out["gates"].values())
+    wide = sr.decide(pts, n_boot=50, halves_tol=gap + 0.01)  # the amended rule's calibrated tolerance reaches it
+    assert wide["gates"]["stable"]["halves_pass"] and wide["gates"]["cooled"]["halves_pass"]
 
 
 def test_loo_gate_and_its_tolerance():
