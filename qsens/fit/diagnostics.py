@@ -184,17 +184,18 @@ def verdict(diag: dict) -> tuple[str, list[str]]:
     return "fits", reasons
 
 
-def prediction_withheld(fit: dict, fp_fit: dict | None = None) -> str | None:
+def prediction_withheld(fit: dict, fp_fit: dict | None = None, with_fp: bool = True) -> str | None:
     """Why a stored degradation fit's D* and extrapolations are not shown (module doc), or None when they are:
-    its verdict and that of the fp-loss fit beside it (`fp_verdict`; fp_fit, the fp record, adds its reasons)
-    must both be "fits". Works on records stored before noise-aware verdicts too."""
+    its verdict and, for D* (with_fp), that of the fp-loss fit beside it (`fp_verdict`; fp_fit, the fp record,
+    adds its reasons) must both be "fits"; a curve of Δ alone past the data needs only its own. Works on records
+    stored before noise-aware verdicts too."""
     own = fit.get("verdict")
     if fit.get("status") != "ok" or own != "fits":
         reasons = "; ".join((fit.get("diagnostics") or {}).get("reasons") or [])
         said = "has no verdict" if not own else own if own == "does not fit" else f"is {own}"
         return f"the fit {said}" + (f" ({reasons})" if reasons else "")
     fp = fit.get("fp_verdict") if fp_fit is None else fp_fit.get("verdict")
-    if fp != "fits":
+    if with_fp and fp != "fits":
         reasons = "; ".join(((fp_fit or {}).get("diagnostics") or {}).get("reasons") or [])
         return (f"the full-precision loss fit beside it {'is ' + fp if fp else 'is missing'}"
                 + (f" ({reasons})" if reasons else ""))
