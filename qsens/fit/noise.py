@@ -68,8 +68,9 @@ def eval_sd(value: float | None, low: float | None, high: float | None,
 class Groups:
     """The points collapsed to one per (N, D, P) group (module doc).
 
-    x: Points of shape (G,), y the geometric mean over the group's seeds; var: float64 [G], v_g; seed_var:
-    σ²_seed (None with one seed); dof_pure: Σ (n_g − 1) over replicated groups; n_seeds: distinct seeds."""
+    x: Points of shape (G,), y the geometric mean over the group's seeds, noise the RMS eval SD of its points;
+    var: float64 [G], v_g; seed_var: σ²_seed (None with one seed); dof_pure: Σ (n_g − 1) over replicated groups;
+    n_seeds: distinct seeds."""
 
     x: Points
     var: np.ndarray
@@ -97,7 +98,7 @@ def collapse(points: Points) -> Groups:
         seed_var = max(0.0, pooled - float(np.mean(ev[replicated])))
     first = np.array([np.flatnonzero(group == g)[0] for g in range(len(count))])
     x = points.take(first)
-    x = Points(x.n, x.d, x.p, np.exp(mean), x.cluster, x.keys, x.replicate, mean_ev)
+    x = Points(x.n, x.d, x.p, np.exp(mean), x.cluster, x.keys, x.replicate, np.sqrt(mean_ev))
     return Groups(x, ((seed_var or 0.0) + mean_ev) / count, seed_var, dof_pure, len(seeds))
 
 
