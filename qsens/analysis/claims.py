@@ -127,12 +127,23 @@ def _fit_rows(fits: list[dict], law: str, ev: str | None = None, axis: str | Non
             and (axis is None or f.get("bits_axis") in (axis, None))]
 
 
+def noise_aware(fits: list[dict]) -> bool:
+    """Whether the stored fits carry the misfit test against measured noise (qsens.fit.noise). Fits stored before
+    it keep the block they had (the old rule's sentence, no D* bullet): `qsens fit` is what changes the block."""
+    return any("noise" in (f.get("diagnostics") or {}) for f in fits if f["status"] == "ok")
+
+
+def _span(v: list[float]) -> str:
+    return f"{v[0]:.2f}–{v[-1]:.2f}" if v else "-"
+
+
 def verdicts(fits: list[dict]) -> Claim:
     """How many fits of each law fit their data (qsens.fit.diagnostics)."""
     ok = [f for f in fits if f["status"] == "ok"]
     if not ok or any(f.get("verdict") is None for f in ok):
         return Claim("verdicts", "**Fit diagnostics**: the stored fits carry no diagnostics (fitted by a qsens "
                      "without them); run `qsens fit` before reading the fitted laws.", True, {})
+    aware = noise_aware(fits)
     parts, numbers = [], {}
     for law in LAWS:
         rows = [f for f in ok if f["law"] == law]
@@ -141,16 +152,55 @@ def verdicts(fits: list[dict]) -> Claim:
         counts = {v: sum(f["verdict"] == v for f in rows) for v in ("fits", "does not fit", "degenerate", "unchecked")}
         sds = sorted(f["diagnostics"]["residual_sd"] for f in rows if f["diagnostics"].get("residual_sd") is not None)
         loos = sorted(f["diagnostics"]["loo_rms"] for f in rows if f["diagnostics"].get("loo_rms") is not None)
+        tests = [f["diagnostics"]["noise"] for f in rows if (f["diagnostics"].get("noise") or {}).get("available")]
         numbers[law] = counts
-        span = lambda v: f"{v[0]:.2f}–{v[-1]:.2f}" if v else "-"  # noqa: E731
+        noise = ""
+        if aware:
+            seeds = sorted({t["n_seeds"] for t in tests})
+            noise = (f"excess SD beyond the measured noise {_span(sorted(t['tau'] for t in tests))} in {len(tests)} "
+                     f"tested, noise from eval" + (" and seeds (" + "/".join(map(str, seeds)) + " seeds)"
+                                                   if seeds and seeds[-1] > 1 else " only (one training seed)") + ", ")
         parts.append(f"{law}: {counts['fits']} of {len(rows)} fit"
                      + (f", {counts['does not fit']} do not fit" if counts["does not fit"] else "")
                      + (f", {counts['degenerate']} degenerate" if counts["degenerate"] else "")
                      + (f", {counts['unchecked']} too small to check" if counts["unchecked"] else "")
-                     + f" (residual SD {span(sds)}, leave-largest-D-out RMS {span(loos)}, log units)")
-    text = ("**Do the laws fit?** (residual SD ≤ 0.25, leave-largest-D-out RMS ≤ log 1.5, no significant bend of "
+                     + f" ({noise}residual SD {_span(sds)}, leave-largest-D-out RMS {_span(loos)}, log units)")
+    rule = ("excess SD beyond the measured noise ≤ 0.25 or χ² p ≥ 0.01, residual SD ≤ 0.25 where the noise is not "
+            "measured" if aware else "residual SD ≤ 0.25")
+    text = (f"**Do the laws fit?** ({rule}, leave-largest-D-out RMS ≤ log 1.5, no significant bend of "
             "the residuals in D; `qsens/fit/diagnostics.py`) " + "; ".join(parts) + ".")
     return Claim("verdicts", text, True, numbers)
+
+
+def d_star(fits: list[dict], ev: str) -> Claim:
+    """D* only from degradation fits that fit beside an fp-loss fit that fits (diagnostics.prediction_withheld),
+    nominal bits, on one eval; the others counted by why not."""
+    from qsens.fit.diagnostics import prediction_withheld
+
+    by_key = {f["key"]: f for f in fits}
+    rows = [f for f in fits if f["status"] == "ok" and f["eval"] == ev and f.get("d_star")
+            and f.get("bits_axis") in ("nominal", None)]
+    shown, why_not = [], defaultdict(int)
+    for f in rows:
+        if prediction_withheld(f, by_key.get(f.get("fp_fit_key"))) is None:
+            shown.append(f)
+        else:
+            why_not[f["verdict"] if f["verdict"] != "fits" else f"beside an fp-loss fit that is "
+                    f"{by_key.get(f.get('fp_fit_key'), {}).get('verdict') or f.get('fp_verdict') or 'missing'}"] += 1
+    values = []
+    for f in sorted(shown, key=lambda f: (f["law"], f["schedule"] or "", f["bits"] or 0)):
+        largest = max(e["n_params"] for e in f["d_star"])
+        for e in (e for e in f["d_star"] if e["n_params"] == largest):
+            ratio = e["d_star"] / e["n_params"]
+            values.append(f"{f['law']} {f['schedule']} {e['bits']}-bit: D*/N = "
+                          + ("none (no bottom)" if not math.isfinite(ratio) else f"{ratio:.3g} "
+                             f"[{e['d_star_ci_low'] / e['n_params']:.3g}, {e['d_star_ci_high'] / e['n_params']:.3g}]"))
+    rest = ", ".join(f"{n} {'do not fit' if v == 'does not fit' else v}" for v, n in sorted(why_not.items()))
+    text = (f"**D\\* from the fits** (the U-curve's bottom, `{ev}`, nominal bits; shown only from a degradation fit "
+            f"that fits beside a full-precision fit that fits): {len(shown)} of {len(rows)} fits qualify"
+            + (f" (at the largest N: {'; '.join(values)})" if values else "")
+            + (f"; the other {len(rows) - len(shown)} show none: {rest}" if rest else "") + ".")
+    return Claim("d_star", text, True, {"shown": len(shown), "n": len(rows), "withheld": dict(why_not)})
 
 
 def _p(p: dict) -> str:
@@ -202,17 +252,23 @@ def gamma(fits: list[dict], ev: str) -> Claim:
 
 
 def laws_table(fits: list[dict], ev: str) -> str:
-    """Markdown: each law's D, N and bits exponents and verdict per schedule (nominal bits), beside the papers."""
+    """Markdown: each law's D, N and bits exponents and verdict per schedule (nominal bits), beside the papers; with
+    noise-aware fits also the excess SD beyond the measured noise and the reduced χ²."""
     names = {law.name: (law.d_exponent, law.n_exponent, law.bits_exponent) for law in DELTA_LAWS if law.pooled_bits}
-    head = ("| law | schedule | verdict | D exponent | N exponent | bits | resid SD | LOO rms |\n"
-            + "|---" * 8 + "|")
+    aware = noise_aware(fits)
+    extra = " excess SD [95% CI] | χ²/dof |" if aware else ""
+    head = (f"| law | schedule | verdict | D exponent | N exponent | bits | resid SD |{extra} LOO rms |\n"
+            + "|---" * (10 if aware else 8) + "|")
     rows = []
+    num = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for law, (d, n, b) in names.items():
         for f in sorted(_fit_rows(fits, law, ev), key=lambda f: f["schedule"] or ""):
             dg = f.get("diagnostics") or {}
-            num = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            noise = dg.get("noise") or {}
+            tested = (f" {num(noise['tau'])} [{num(noise['tau_ci'][0])}, {num(noise['tau_ci'][1])}] | "
+                      f"{noise['reduced_chi2']:.3g} |" if noise.get("available") else " - | - |") if aware else ""
             rows.append(f"| {law} | {f['schedule']} | {f.get('verdict') or '-'} | {_p(f['params'][d])} | "
-                        f"{_p(f['params'][n])} | {_p(f['params'][b])} | {num(dg.get('residual_sd'))} | "
+                        f"{_p(f['params'][n])} | {_p(f['params'][b])} | {num(dg.get('residual_sd'))} |{tested} "
                         f"{num(dg.get('loo_rms'))} |")
     return "\n".join([head] + rows)
 
@@ -256,8 +312,9 @@ def load(results_dir: str | Path) -> tuple[list[dict], list[dict], list[dict]]:
 
 def claims(results_dir: str | Path, ev: str = "heldout-novels") -> list[Claim]:
     cells, fits, comparisons = load(results_dir)
-    return [fp_monotone(cells), growth(cells), u_curve(cells, ev), verdicts(fits), schedules(comparisons, fits),
-            gamma(fits, ev)]
+    found = [fp_monotone(cells), growth(cells), u_curve(cells, ev), verdicts(fits), schedules(comparisons, fits),
+             gamma(fits, ev)]
+    return found + ([d_star(fits, ev)] if noise_aware(fits) else [])
 
 
 def claims_markdown(results_dir: str | Path, ev: str = "heldout-novels", label: str | None = None) -> str:

@@ -62,11 +62,37 @@ def param_items(fit: dict) -> list[tuple[str, dict]]:
 
 
 def diagnostics(fit: dict) -> dict:
-    """The diagnostics the board shows (qsens.fit.diagnostics): residual SD, curvature p-value, LOO RMS (log units)
-    and the reasons for the verdict; None each where the fit has none (an insufficient fit)."""
+    """The diagnostics the board shows (qsens.fit.diagnostics): residual SD, the misfit test against the measured
+    noise (reduced χ², its p-value, the excess SD with its interval, where the noise came from), curvature p-value,
+    LOO RMS (log units), the training seeds and the reasons for the verdict; None each where the fit has none (an
+    insufficient fit, or one stored before the noise test)."""
     diag = fit.get("diagnostics") or {}
+    noise = diag.get("noise") or {}
+    tested = bool(noise.get("available"))
+    tau_ci = noise.get("tau_ci") or [None, None]
     return {"residual_sd": diag.get("residual_sd"), "curvature_p": (diag.get("curvature") or {}).get("p_value"),
-            "loo_rms": diag.get("loo_rms"), "reasons": diag.get("reasons") or []}
+            "loo_rms": diag.get("loo_rms"), "reasons": diag.get("reasons") or [],
+            "reduced_chi2": noise.get("reduced_chi2") if tested else None,
+            "chi2_p": noise.get("p_value") if tested else None, "excess_sd": noise.get("tau") if tested else None,
+            "excess_lo": tau_ci[0] if tested else None, "excess_hi": tau_ci[1] if tested else None,
+            "noise_source": noise.get("source") if tested else noise.get("why"), "seeds": seeds(fit)}
+
+
+def seeds(fit: dict) -> int:
+    """How many training seeds the fit's points carry (its bootstrap resampled them; 1 when none is recorded)."""
+    noise = (fit.get("diagnostics") or {}).get("noise") or {}
+    drawn = (fit.get("draws") or {}).get("seeds") or []
+    return max(len(drawn), int(noise.get("n_seeds") or 1))
+
+
+def prediction_withheld(fit: dict, fits: list[dict], with_fp: bool = True) -> str | None:
+    """Why the board shows no D* (with_fp) or no Δ curve past the measured range (with_fp False) for this fit
+    (None: it shows them); the rule is qsens.fit.diagnostics.prediction_withheld, with the fp-loss fit beside a
+    D* looked up among `fits`."""
+    from qsens.fit.diagnostics import prediction_withheld as rule
+
+    fp = next((f for f in fits if f.get("key") and f.get("key") == fit.get("fp_fit_key")), None)
+    return rule(fit, fp, with_fp)
 
 
 def d_star_entry(fit: dict | None, n_params, bits) -> dict | None:

@@ -5,8 +5,9 @@ Nothing here formats HTML; templates render this model and `leaderboard.json`/`.
 Index rows are one per suite × family × schedule × eval × quantizer (a quantizer label is method + bits + group
 size + symmetry, so rows are finer than method × bits, and the page filters on each). A family has many
 checkpoints; a row shows its *headline* checkpoint, the largest N and then the largest D with an ok cell (the
-most-trained model of the largest size, the one people deploy), the Δloss range over all its checkpoints, and the
-best-matching fit's exponents. Every checkpoint's cells are on the family page.
+most-trained model of the largest size, the one people deploy), the Δloss range over all its checkpoints, how many
+training seeds its checkpoints carry (`n_seeds`; the headline is one seed's cell), and the best-matching fit's
+exponents. Every checkpoint's cells are on the family page.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def family_page(family) -> str:
 def d_over_n(cell: dict) -> float | None:
     n, d = cell.get("n_params"), cell.get("tokens")
     return d / n if n and d else None
+
+
+def n_seeds(cells: list[dict]) -> int:
+    """How many training seeds the cells' checkpoints carry (`train_seed`; 1 when none is recorded)."""
+    return max(1, len({c.get("train_seed") for c in cells if c.get("train_seed") is not None}))
 
 
 def headline(cells: list[dict]) -> dict | None:
@@ -96,6 +102,7 @@ def leaderboard_rows(cells: list[dict], fits: list[dict], changes: dict) -> list
         row = {**dict(zip(ROW_KEY, key)), "method": first.get("method"), "bits": first.get("bits"),
                "group_size": first.get("group_size"), "n_checkpoints": len({c.get("checkpoint") for c in group}),
                "n_ok": sum(c["status"] == "ok" for c in group), "n_failed": sum(c["status"] == "failed" for c in group),
+               "n_seeds": n_seeds(group),
                "checkpoint": head and head.get("checkpoint"), "n_params": head and head.get("n_params"),
                "tokens": head and head.get("tokens"), "d_over_n": head and d_over_n(head), **_metric_fields(head),
                "delta_loss_min": min(deltas, default=None), "delta_loss_max": max(deltas, default=None)}
@@ -172,7 +179,7 @@ def family_model(name, cells: list[dict], fits: list[dict], changes: dict, plots
     return {"name": name, "page": family_page(name), "cells": views,
             "failed": [v for v in views if v.get("status") == "failed"],
             "running": [v for v in views if v.get("status") == "running"],
-            "fits": [f for f in fits if name in fit_view.families(f)], "plots": plots,
+            "fits": [f for f in fits if name in fit_view.families(f)], "plots": plots, "n_seeds": n_seeds(cells),
             "provenance": _provenance_summary(cells), "first_date": dates[0] if dates else None,
             "last_date": dates[-1] if dates else None,
             "checkpoints": sorted({(c.get("n_params") or 0, c.get("tokens") or 0, str(c.get("checkpoint")))

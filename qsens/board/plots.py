@@ -6,6 +6,15 @@ fits alone. A plot that fails is reported on its page with the error, and the re
 
 Log axes cannot show Δloss ≤ 0 (an 8-bit cell often measures a tiny negative Δloss): such points are drawn as
 hollow down-triangles on the bottom edge, and the caption counts them.
+
+Training seeds: where a series (schedule, N) has cells of several training seeds (`train_seed`), each budget D is
+drawn as the arithmetic mean over its seeds, with a band from the smallest to the largest seed's value (the
+range of the seeds, not an interval: three seeds give no useful resampled one) and every seed's value as a faint
+dot; each cell's own eval interval is then not drawn, and the caption says so.
+
+Fits: a fitted Δ curve is drawn past the measured range (×1.25 each side) with its bootstrap band only when the
+fit fits; any other fit is drawn dashed over the measured budgets only, without a band, and the caption says why.
+D* is marked only from a fit that fits beside an fp-loss fit that fits (qsens.fit.diagnostics.prediction_withheld).
 """
 
 from __future__ import annotations
@@ -77,8 +86,50 @@ def _series_label(schedule, n) -> str:
     return _safe(_series_text(schedule, n))
 
 
+def seed_summary(group: list[dict], column: str) -> list[dict]:
+    """Per budget D of one series (cells sorted by D): {tokens, mean, low, high, values, n_seeds}: the mean of
+    `column` over the D's cells (one per seed), their min and max, each value (float64), and how many seeds."""
+    by_d: dict[int, list[dict]] = defaultdict(list)
+    for c in group:
+        by_d[c["tokens"]].append(c)
+    out = []
+    for d, cs in sorted(by_d.items()):
+        v = np.array([c[column] for c in cs], dtype=float)
+        out.append({"tokens": d, "mean": float(v.mean()), "low": float(v.min()), "high": float(v.max()),
+                    "values": v, "n_seeds": len({c.get("train_seed") for c in cs})})
+    return out
+
+
+def _seeded(group: list[dict]) -> int:
+    """How many training seeds a series has at its most replicated budget (1: draw cells as they are)."""
+    per_d: dict = defaultdict(set)
+    for c in group:
+        per_d[c.get("tokens")].add(c.get("train_seed"))
+    return max((len(s) for s in per_d.values()), default=1)
+
+
+def _delta_seed_series(ax, group: list[dict], n, floor: float, color: str, label: str) -> tuple[np.ndarray, int, str]:
+    """A series with several seeds (module doc): mean per D, min-max band, each seed as a dot. Returns (D/N of
+    the budgets, points drawn on the bottom edge, caption note)."""
+    rows = seed_summary(group, "delta_loss")
+    x = np.array([r["tokens"] / n for r in rows])
+    mean = np.array([r["mean"] for r in rows])
+    pos = mean > 0
+    ax.fill_between(x, np.maximum([r["low"] for r in rows], floor), np.maximum([r["high"] for r in rows], floor),
+                    color=color, alpha=0.2, lw=0)
+    dots = [(r["tokens"] / n, v) for r in rows for v in r["values"] if v > 0]
+    if dots:
+        ax.plot(*zip(*dots), ".", color=color, ms=3, alpha=0.45)
+    seeds = max(r["n_seeds"] for r in rows)
+    ax.plot(x[pos], mean[pos], "-o", color=color, ms=4, lw=1, label=f"{label} mean of {seeds} seeds")
+    ax.plot(x[~pos], np.full((~pos).sum(), floor), "v", mfc="none", color=color, ms=6)
+    return x, int((~pos).sum()), (f"{_series_text(group[0].get('schedule'), n)}: mean of {seeds} training seeds per "
+                                  "(N, D), band: min–max over the seeds, dots: each seed (eval intervals not drawn)")
+
+
 def delta_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> str:
-    """Δloss vs D/N on log-log axes, one series per N (and schedule), with the fitted law and its band."""
+    """Δloss vs D/N on log-log axes, one series per N (and schedule), with the fitted law and its band; a series
+    with several training seeds as their mean and min-max band (module doc)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = [c for c in cells if c.get("delta_loss") is not None and c.get("n_params") and c.get("tokens")]
@@ -87,6 +138,11 @@ def delta_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> s
     notes, clipped = [], 0
     for i, ((schedule, n), group) in enumerate(_series(pts).items()):
         color = COLORS[i % len(COLORS)]
+        if _seeded(group) > 1:
+            x, edge, note = _delta_seed_series(ax, group, n, floor, color, _series_label(schedule, n))
+            clipped += edge
+            notes += [note] + _draw_fit(ax, fits, group[0], n, x, color)
+            continue
         x = np.array([c["tokens"] / n for c in group])
         y = np.array([c["delta_loss"] for c in group])
         lo = np.array([c.get("delta_loss_ci_low") if c.get("delta_loss_ci_low") is not None else v
@@ -116,24 +172,32 @@ def fit_curve(fit: dict, cell: dict, d_over_n: np.ndarray):
 
 
 def _draw_fit(ax, fits: list[dict], cell: dict, n, x: np.ndarray, color: str) -> list[str]:
-    """The fitted law for this series over its D/N range, with its band; notes for the caption."""
+    """The fitted law for this series, with its band, past the measured D/N range only when the fit fits (module
+    doc); notes for the caption."""
     fit = match_fit(fits, cell)
     if fit is None:
         return []
-    grid = np.geomspace(x.min() / 1.25, x.max() * 1.25, 60)
+    withheld = fit_view.prediction_withheld(fit, fits, with_fp=False)
+    grid = np.geomspace(x.min(), x.max(), 60) if withheld else np.geomspace(x.min() / 1.25, x.max() * 1.25, 60)
     series = _series_text(cell.get("schedule"), n)
     pred = fit_curve(fit, cell, grid)
     if pred is None:
         return [f"{series}: fit {fit['law']} not drawn ({fit.get('verdict') or fit.get('status')})"]
     mean, lo, hi = pred
-    ax.plot(grid, mean, "-", color=color, lw=1.2, alpha=0.8, label=f"{_series_label(cell.get('schedule'), n)} fit")
-    if lo is not None and hi is not None:
+    label = f"{_series_label(cell.get('schedule'), n)} fit" + (f" ({_safe(fit['verdict'])})" if withheld and
+                                                                fit.get("verdict") else "")
+    ax.plot(grid, mean, "--" if withheld else "-", color=color, lw=1 if withheld else 1.2, alpha=0.8, label=label)
+    if lo is not None and hi is not None and not withheld:
         ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0)
     r2 = f", R² = {num(fit['r2'], 3)}" if fit.get("r2") is not None else ""
-    band = "band: 2.5-97.5 percentiles of the bootstrap refits" if lo is not None else "no band (no bootstrap refits stored)"
+    if lo is None:
+        band = "no band (no bootstrap refits stored)"
+    else:
+        band = "no band" if withheld else "band: 2.5-97.5 percentiles of the bootstrap refits"
     verdict = f"; verdict: {fit['verdict']}" if fit.get("verdict") else ""
     pooled = f" (pooled over bits, {fit.get('bits_axis')} P)" if fit_view.pooled(fit) else ""
-    return [f"{series}: fit {fit['law']}{pooled}{r2}{verdict}; {band}"]
+    limited = f"; dashed over the measured budgets only, not extrapolated: {withheld}" if withheld else ""
+    return [f"{series}: fit {fit['law']}{pooled}{r2}{verdict}; {band}{limited}"]
 
 
 def _token_ticks(axis) -> None:
@@ -146,27 +210,49 @@ def _token_ticks(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _ucurve_series(ax, group: list[dict], color: str, label: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Full-precision and quantized loss of one series; with several seeds their means per D and the quantized
+    loss's min-max band (module doc). Returns (D, quantized loss per D, caption note or None)."""
+    if _seeded(group) > 1:
+        fp, q = seed_summary(group, "fp_loss"), seed_summary(group, "q_loss")
+        d = np.array([r["tokens"] for r in q], dtype=float)
+        mean = np.array([r["mean"] for r in q])
+        seeds = max(r["n_seeds"] for r in q)
+        ax.plot(d, [r["mean"] for r in fp], "--", marker="o", mfc="none", color=color, ms=4, lw=1,
+                label=f"{label} full precision, mean of {seeds} seeds")
+        ax.fill_between(d, [r["low"] for r in q], [r["high"] for r in q], color=color, alpha=0.2, lw=0)
+        ax.plot(d, mean, "-o", color=color, ms=4, label=f"{label} quantized, mean of {seeds} seeds")
+        return d, mean, (f"{_series_text(group[0].get('schedule'), group[0].get('n_params'))}: mean of {seeds} "
+                         "training seeds per D, band: min–max of the quantized loss over the seeds")
+    d = np.array([c["tokens"] for c in group], dtype=float)
+    q = np.array([c["q_loss"] for c in group])
+    q_lo = np.array([c.get("q_loss_ci_low") if c.get("q_loss_ci_low") is not None else v for c, v in zip(group, q)])
+    q_hi = np.array([c.get("q_loss_ci_high") if c.get("q_loss_ci_high") is not None else v for c, v in zip(group, q)])
+    ax.plot(d, [c["fp_loss"] for c in group], "--", marker="o", mfc="none", color=color, ms=4, lw=1,
+            label=f"{label} full precision")
+    ax.errorbar(d, q, yerr=np.vstack([np.clip(q - q_lo, 0, None), np.clip(q_hi - q, 0, None)]), fmt="-o",
+                color=color, ms=4, capsize=2, label=f"{label} quantized")
+    return d, q, None
+
+
 def ucurve_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> str:
-    """Full-precision and post-quantization loss vs D per N: the U-curve, with D* (fitted, else the lowest
-    measured quantized loss when it lies inside the measured range)."""
+    """Full-precision and post-quantization loss vs D per N: the U-curve, with D* (from a fit that fits beside an
+    fp-loss fit that fits, else the lowest measured quantized loss when it lies inside the measured range)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = [c for c in cells if c.get("q_loss") is not None and c.get("fp_loss") is not None and c.get("tokens")]
-    notes, flat = [], []
+    notes, flat, withheld_notes = [], [], {}
     for i, ((schedule, n), group) in enumerate(_series(pts).items()):
         color = COLORS[i % len(COLORS)]
-        d = np.array([c["tokens"] for c in group], dtype=float)
-        q = np.array([c["q_loss"] for c in group])
-        q_lo = np.array([c.get("q_loss_ci_low") if c.get("q_loss_ci_low") is not None else v for c, v in zip(group, q)])
-        q_hi = np.array([c.get("q_loss_ci_high") if c.get("q_loss_ci_high") is not None else v
-                         for c, v in zip(group, q)])
         label, text = _series_label(schedule, n), _series_text(schedule, n)
-        ax.plot(d, [c["fp_loss"] for c in group], "--", marker="o", mfc="none", color=color, ms=4, lw=1,
-                label=f"{label} full precision")
-        ax.errorbar(d, q, yerr=np.vstack([np.clip(q - q_lo, 0, None), np.clip(q_hi - q, 0, None)]), fmt="-o",
-                    color=color, ms=4, capsize=2, label=f"{label} quantized")
-        star = fit_view.d_star_entry(match_fit(fits, group[0]), n, group[0].get("bits"))
-        if star is not None and np.isfinite(star["d_star"]):
+        d, q, note = _ucurve_series(ax, group, color, label)
+        notes += [note] if note else []
+        fit = match_fit(fits, group[0])
+        star = fit_view.d_star_entry(fit, n, group[0].get("bits"))
+        why = fit_view.prediction_withheld(fit, fits) if star is not None else None
+        if why:
+            withheld_notes.setdefault(why, []).append(text)
+        if star is not None and not why and np.isfinite(star["d_star"]):
             ax.axvline(star["d_star"], color=color, ls=":", lw=1.2, label=f"{label} D* (fit) = {human(star['d_star'])}")
         elif len(q) >= 3 and 0 < int(np.argmin(q)) < len(q) - 1:
             k = int(np.argmin(q))
@@ -176,6 +262,7 @@ def ucurve_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> 
     ax.set_xscale("log")
     _token_ticks(ax.xaxis)
     _finish(fig, ax, path, "D (training tokens)", "loss (nats/token)", title, legend_size=6)
+    notes += [f"D* of the fit not shown for {', '.join(series)}: {why}" for why, series in withheld_notes.items()]
     if flat:
         notes.append(f"no D* fit and no interior minimum of the quantized loss for {', '.join(flat)}")
     return "; ".join(notes)

@@ -23,7 +23,7 @@ LEADERBOARD_FIELDS = [
     "top1_agree_ci_high", "fp_loss", "fp_loss_ci_low", "fp_loss_ci_high", "q_loss", "q_loss_ci_low", "q_loss_ci_high",
     "delta_loss_min", "delta_loss_max", "n_checkpoints", "n_ok", "n_failed", "fit_key", "fit_law", "fit_r2",
     "fit_pooled", "fit_exponents", "delta_loss_previous", "delta_loss_change", "delta_loss_changed_at",
-    "delta_loss_change_significant",
+    "delta_loss_change_significant", "n_seeds",
 ]
 
 
@@ -38,6 +38,7 @@ def environment():
     )
     env.filters.update(num=fmt.num, human=fmt.human, sortval=fmt.sort_value, commit=fmt.commit,
                        fit_diagnostics=fit_view.diagnostics)
+    env.filters["d_star_withheld"] = lambda fit, fits: fit_view.prediction_withheld(fit, fits)
     env.globals.update(column=fmt.column, values=fmt.values, formats=formats, param_formats=param_formats,
                        param_items=fit_view.param_items)
     env.tests["known"] = lambda x: isinstance(x, (int, float)) and not math.isnan(x)  # NaN: no interval

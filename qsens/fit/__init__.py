@@ -4,7 +4,9 @@
                  formula, parameters, exponents, design or log-prediction, bounds), and closed-form D*
     fitting.py   robust log-space least squares, paired bootstrap over (N, D) units, leave-one-out on the largest D
     groups.py    which cells are fitted together (fit groups, bits axes); exclusion by evidence
-    diagnostics.py  does the law fit: residual SD, curvature in D, local exponents, LOO error; the verdict
+    noise.py     the measured noise of each point (eval interval, seed spread) and the misfit test against it
+    diagnostics.py  does the law fit: residual SD, the noise test, curvature in D, local exponents, LOO error; the
+                 verdict, and what it allows to be shown (D*, extrapolations)
     pipeline.py  every law on every group, D* per (N, bits), paired schedule comparison
     report.py    the text summary `qsens fit` prints
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qsens.fit.laws import Points
+from qsens.fit.noise import eval_sd
 
 GROUP_FIELDS = ("fit_group", "schedule", "eval", "method", "group_size", "settings", "bits", "bits_axis")
 BITS_AXES = ("nominal", "effective")
@@ -161,7 +162,8 @@ def to_points(cells: list[dict], metric: str, with_bits: bool = True, bits_axis:
     (`bits` or `effective_bits`); exclude_no_evidence=False keeps cells whose interval includes 0 (the old rule,
     for comparison only).
 
-    Points arrays have shape (m,); excluded is a list of {checkpoint, bits, value, reason}."""
+    Points arrays have shape (m,), `noise` each cell's eval SD of log y from its interval (qsens.fit.noise);
+    excluded is a list of {checkpoint, bits, value, reason}."""
     rows, excluded, inputs = [], [], []
     for c in sorted(cells, key=lambda c: (checkpoint_id(c), c.get("bits") or 0, str(c.get("key")))):
         value = c.get(metric)
@@ -188,6 +190,8 @@ def to_points(cells: list[dict], metric: str, with_bits: bool = True, bits_axis:
         cluster=np.array([unit_id(c) for c in rows], dtype=str),
         keys=tuple(str(c.get("key")) for c in rows),
         replicate=np.array([replicate_id(c) for c in rows], dtype=str),
+        noise=np.array([eval_sd(c.get(metric), c.get(f"{metric}_ci_low"), c.get(f"{metric}_ci_high")) for c in rows],
+                       dtype=float),
     )
     return points, excluded, inputs
 

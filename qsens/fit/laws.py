@@ -53,7 +53,9 @@ class Points:
     n: non-embedding parameters N; d: tokens D; p: bits P (NaN where unused); y: the fitted value (> 0);
     cluster: checkpoint identity (bootstrap resamples whole checkpoints); keys: the cell key(s) of each point;
     replicate: str [m], the training seed of each point's checkpoint (qsens.fit.groups.replicate_id), or None
-    (one seed): with several, the bootstrap resamples seeds too (qsens.fit.fitting, training seeds)."""
+    (one seed): with several, the bootstrap resamples seeds too (qsens.fit.fitting, training seeds);
+    noise: float64 [m], the eval noise of each point as an SD of log y (qsens.fit.noise.eval_sd; NaN where the cell
+    has no interval), or None: what the misfit test compares the residuals with."""
 
     n: np.ndarray
     d: np.ndarray
@@ -62,10 +64,12 @@ class Points:
     cluster: np.ndarray
     keys: tuple[str, ...]
     replicate: np.ndarray | None = None
+    noise: np.ndarray | None = None
 
     def take(self, idx: np.ndarray) -> "Points":
         return Points(self.n[idx], self.d[idx], self.p[idx], self.y[idx], self.cluster[idx],
-                      tuple(self.keys[i] for i in idx), None if self.replicate is None else self.replicate[idx])
+                      tuple(self.keys[i] for i in idx), None if self.replicate is None else self.replicate[idx],
+                      None if self.noise is None else self.noise[idx])
 
     def __len__(self) -> int:
         return len(self.y)

@@ -1,10 +1,12 @@
-"""Plain-text summary of fits: verdict, exponents with intervals, diagnostics (residual SD, curvature in D, local
-exponents, LOO error), D* per (N, bits), schedule comparison. Every line names its bits axis."""
+"""Plain-text summary of fits: verdict, exponents with intervals, diagnostics (residual SD, the misfit test against
+the measured noise, curvature in D, local exponents, LOO error), D* per (N, bits) from the fits that fit (the others
+say why not), schedule comparison. Every line names its bits axis."""
 
 from __future__ import annotations
 
 import math
 
+from qsens.fit.diagnostics import prediction_withheld
 from qsens.fit.groups import _BITS_TOKEN as _BITS
 from qsens.fit.laws import LAWS
 
@@ -46,29 +48,40 @@ def axis_label(r: dict) -> str:
     return ""
 
 
+def noise_cells(diag: dict) -> list[str]:
+    """[χ²/dof (p), excess SD [95% CI], seeds] of the misfit test against the measured noise; '-' without one."""
+    noise = diag.get("noise") or {}
+    if not noise.get("available"):
+        return ["-", "-", str(noise.get("n_seeds") or "-")]
+    lo, hi = noise["tau_ci"]
+    return [f"{_num(noise['reduced_chi2'], 3)} (p={_num(noise['p_value'], 2)})",
+            f"{_num(noise['tau'], 2)} [{_num(lo, 2)}, {_num(hi, 2)}]", str(noise["n_seeds"])]
+
+
 def _diag_cells(r: dict) -> list[str]:
     d = r.get("diagnostics") or {}
     curv = d.get("curvature") or {}
-    return [_num(d.get("residual_sd"), 2), _num(curv.get("p_value"), 2), _num(d.get("loo_rms"), 2)]
+    return [_num(d.get("residual_sd"), 2), *noise_cells(d), _num(curv.get("p_value"), 2), _num(d.get("loo_rms"), 2)]
 
 
 def fits_table(records: list[dict]) -> str:
-    """One line per fit: verdict, group, bits (axis), exponents [95% CI], R² (log), residual SD (log),
-    curvature p-value, RMS log LOO error at the largest D, points used (-excluded)."""
+    """One line per fit: verdict, group, bits (axis), exponents [95% CI], R² (log), residual SD (log, the old
+    fixed-threshold number), reduced χ² against the measured noise with its p-value, excess SD beyond that noise
+    [95% CI] (log), training seeds, curvature p-value, RMS log LOO error at the largest D, points used (-excluded)."""
     rows = []
     for r in records:
         names = LAWS[r["law"]].exponents if r["law"] in LAWS else ()
         bits = "all" if r.get("bits") is None else str(r["bits"])
         bits = f"{bits} {axis_label(r)}".strip()
         if r["status"] != "ok":
-            rows.append([r["law"], "insufficient", _group(r), bits, r.get("message") or r["status"]] + [""] * 5)
+            rows.append([r["law"], "insufficient", _group(r), bits, r.get("message") or r["status"]] + [""] * 8)
             continue
         exps = "  ".join(f"{n}={_param(r['params'][n])}" for n in names if n in r["params"])
         used = f"{r['n_points']} (-{r['n_excluded']})" if r.get("n_excluded") else str(r["n_points"])
         rows.append([r["law"], r.get("verdict") or "?", _group(r), bits, exps, _num(r.get("r2")), *_diag_cells(r),
                      used])
-    head = ["law", "verdict", "group", "bits", "parameters [95% CI]", "R²(log)", "resid SD", "curv p", "LOO rms",
-            "points"]
+    head = ["law", "verdict", "group", "bits", "parameters [95% CI]", "R²(log)", "resid SD", "χ²/dof vs noise",
+            "excess SD [95% CI]", "seeds", "curv p", "LOO rms", "points"]
     return "\n".join(_table(head, rows))
 
 
@@ -97,26 +110,41 @@ def verdict_lines(records: list[dict]) -> str:
 
 
 def d_star_lines(records: list[dict]) -> str:
-    """D*/N per (fit, N) with one column per bit width; '>' marks a bottom beyond the measured range, 'none' a
-    curve that never turns up. Intervals are in the stored fits (d_star)."""
-    bit_widths = sorted({e["bits"] for r in records for e in r.get("d_star") or []})
+    """D*/N per (fit, N) with one column per bit width, from the degradation fits that fit beside a full-precision
+    fit that fits (diagnostics.prediction_withheld); every other fit with a D* table is listed with why it shows
+    none. '>' marks a bottom beyond the measured range, 'none' a curve that never turns up. Intervals are in the
+    stored fits (d_star)."""
+    by_key = {r.get("key"): r for r in records}
     table: dict[tuple, dict[int, str]] = {}  # (law, group without bits, N) -> {bits: cell}
+    withheld = []
     for r in records:
-        for e in r.get("d_star") or []:
+        if not r.get("d_star"):
+            continue
+        label = (_BITS.sub(lambda m: m.group(1) + "w*", _group(r), count=1) + " " + axis_label(r)).rstrip()
+        why = prediction_withheld(r, by_key.get(r.get("fp_fit_key")))
+        if why:
+            bits = "all" if r.get("bits") is None else r["bits"]
+            withheld.append(f"- {r['law']} {label} bits={bits}: {why}")
+            continue
+        for e in r["d_star"]:
             ratio = e["d_star"] / e["n_params"]
             mark = "none" if not math.isfinite(ratio) else (">" if e["verdict"].startswith("beyond") else "")
             low, high = e["d_star_ci_low"] / e["n_params"], e["d_star_ci_high"] / e["n_params"]
             cell = "none" if mark == "none" else f"{mark}{_num(ratio)} [{_num(low, 2)}, {_num(high, 2)}]"
-            label = (_BITS.sub(lambda m: m.group(1) + "w*", _group(r), count=1) + " " + axis_label(r)).rstrip()
-            verdicts = f"{r.get('verdict') or '?'} / {r.get('fp_verdict') or '?'}"
-            table.setdefault((r["law"], label, e["n_params"], verdicts), {})[e["bits"]] = cell
-    rows = [[law, label, str(n), v] + [cells.get(b, "") for b in bit_widths]
-            for (law, label, n, v), cells in table.items()]
-    if not rows:
+            table.setdefault((r["law"], label, e["n_params"]), {})[e["bits"]] = cell
+    bit_widths = sorted({b for cells in table.values() for b in cells})
+    rows = [[law, label, str(n)] + [cells.get(b, "") for b in bit_widths] for (law, label, n), cells in table.items()]
+    if not rows and not withheld:
         return "D*: no degradation fit with a full-precision fit beside it."
-    head = ["law", "group", "N", "verdict Δ / fp"] + [f"D*/N {b}-bit [95% CI]" for b in bit_widths]
-    return ("U-curve bottom (D* / N; '>' = beyond the measured range; a D* from a fit that does not fit, or beside a "
-            "degenerate fp-loss fit, is not a prediction)\n" + "\n".join(_table(head, rows)))
+    out = ["U-curve bottom (D* / N; '>' = beyond the measured range), shown only from a degradation fit that fits "
+           "beside a full-precision fit that fits (qsens/fit/diagnostics.py)"]
+    if rows:
+        out += _table(["law", "group", "N"] + [f"D*/N {b}-bit [95% CI]" for b in bit_widths], rows)
+    else:
+        out.append("no fit qualifies")
+    if withheld:
+        out += [f"D* not shown for {len(withheld)} fits (a D* is only as good as both fits):"] + withheld
+    return "\n".join(out)
 
 
 def comparison_lines(comparisons: list[dict]) -> str:

@@ -83,6 +83,23 @@ def all_cells() -> list[dict]:
     return cells + [failed, running] + hostile
 
 
+SEED_SCALE = (0.9, 1.0, 1.15)  # Δloss of training seed s is the probe's Δ × SEED_SCALE[s] (seeded_cells)
+
+
+def seeded_cells() -> list[dict]:
+    """Family `seeds-probe`: the cosine probe checkpoints (N1, N2) trained with three seeds, 2/3/4 bits; seed s has
+    Δloss × SEED_SCALE[s] and fp loss + 0.01·s, so every (N, D)'s seed mean, min and max are known in closed form."""
+    out = []
+    for s, scale in enumerate(SEED_SCALE):
+        for schedule, n, d, fp, deltas in CHECKPOINTS:
+            if schedule != "cosine":
+                continue
+            for b in (2, 3, 4):
+                out.append(cell("seeds-probe", schedule, n, d, fp + 0.01 * s, b, deltas[b] * scale, train_seed=s,
+                                checkpoint=f"seeds-probe-n{n}-d{d}-s{s}"))
+    return out
+
+
 def store_fits(folder: Path) -> None:
     """Fit the folder's ok cells with the fit pipeline, as `qsens fit` does, and store the fits beside them."""
     fitted = fit_cells(read_cells(folder, status="ok"), n_boot=N_BOOT)
