@@ -31,7 +31,7 @@ import numpy as np
 
 from qsens.analysis.schedule_rule import ARMS, D_BAR, Point, arm_gates, decide
 
-N = {"h32": 47_392, "h48": 111_024, "h96": 443_232}
+N = {"h32": 47_392, "h48": 111_024, "h96": 443_232, "h192": 1_771_200}  # h192: 4 layers, MLP 512 (scaled as h96)
 BUDGETS = [4.19e6, 8.39e6, 16.8e6, 33.6e6, 67.1e6, 134.2e6]
 FACTORIAL = {8.39e6, 33.6e6, 134.2e6}  # the doc's stable arm also has checkpoints at 0.9·D and 0.6·D there
 
@@ -49,6 +49,16 @@ DESIGNS = {
                           "budgets": BUDGETS[:5]},
     "h48x6+h96x4-to67M": {"seeds": {"h48": 6, "h96": 4}, "all_branches": False, "drop": set(),
                           "budgets": BUDGETS[:5]},
+    # the pilot's checkpoint gate (scripts/pilot_gate.py): h48 passes from 13.4M in its stable arm and from
+    # 8.39M cooled; h96 (issue 20's probes) from ~3.6M stable. "gate_from": {(size, arm): smallest D kept}.
+    "h48x5+h96x5-gated": {"seeds": {"h48": 5, "h96": 5}, "all_branches": False, "drop": set(),
+                          "gate_from": {("h48", "stable"): 13.4e6, ("h48", "cooled"): 8.39e6,
+                                        ("h96", "stable"): 3.6e6}},
+    "h48x5+h96x5-from8M-gated": {"seeds": {"h48": 5, "h96": 5}, "all_branches": False, "drop": set(),
+                                 "budgets": BUDGETS[1:],
+                                 "gate_from": {("h48", "stable"): 13.4e6, ("h48", "cooled"): 8.39e6}},
+    "h96x5+h192x5-to67M-gated": {"seeds": {"h96": 5, "h192": 5}, "all_branches": False, "drop": set(),
+                                 "budgets": BUDGETS[:5], "gate_from": {("h96", "stable"): 3.6e6}},
 }
 
 
@@ -60,13 +70,18 @@ def trajectory(size: str, seed: int, spec: dict, beta_s: float, beta_c: float, a
     stable_d = sorted({0.8 * b for b in budgets} | ({f * b for b in FACTORIAL for f in (0.9, 0.6)}
                                                   if spec["all_branches"] and args.factorial_stable else set()))
     eps = {d: rng.normal(0, args.sigma) for d in stable_d}
+    gate = spec.get("gate_from", {})
     pts = []
     if (size, "stable") not in spec["drop"]:
         for d in stable_d:
+            if d < gate.get((size, "stable"), 0):
+                continue
             x = math.log(d / D_BAR)
             pts.append(Point(size, N[size], seed, "stable", d, math.exp(c + beta_s * x + u + v * x + eps[d])))
     if (size, "cooled") not in spec["drop"]:
         for b in budgets:
+            if b < gate.get((size, "cooled"), 0):
+                continue
             x = math.log(b / D_BAR)
             e = args.branch_rho * eps[0.8 * b] + math.sqrt(1 - args.branch_rho ** 2) * rng.normal(0, args.sigma)
             pts.append(Point(size, N[size], seed, "cooled", b,
