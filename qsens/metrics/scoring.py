@@ -12,6 +12,12 @@ an identity (lse_q - lse_fp = log sum_v p_v e^{-d_v}) in which the two terms are
 differences accumulated in float64. Subtracting two float32 log-softmaxes instead leaves rounding noise (~1e-7)
 as large as the KL of an 8-bit model. Per-token losses use a float32 log-sum-exp: its ~1e-7 relative error is
 random and averages out of every mean reported.
+
+Model dtype: a bfloat16 or float16 model's logits are taken to float32 before anything else (`_scored_logits`),
+so no softmax, log-sum-exp or KL term is ever formed in half precision (on bfloat16 logits over 4,096 tokens a
+bfloat16 log-softmax was off by up to 0.07 and this KL by 10%); what is measured is the model's own half-precision
+logits, scored as exactly as float32 ones (tests/metrics/test_scoring.py, tests/families/test_placement.py:
+against float64 from the same logits).
 """
 
 from __future__ import annotations
@@ -104,82 +110,25 @@ def _chunk_rows(V: int) -> int:
     return max(KL_ROWS, (1 << 24) // max(V, 1))
 
 
-# Columns per float32 partial sum in `_blocked_sum`: partial sums of 256 terms, then float64 across partials.
-SUM_BLOCK = 256
-
-
-class Workspace:
-    """float32 scratch buffers reused by every batch of a sweep. Fresh vocabulary-sized buffers per batch cost
-    page faults (issue 24: ~11% of a Pythia-160M cell went to the fp softmax, much of it faulting three fresh
-    206 MB buffers in). One flat buffer per (name, width), grown when a larger view is asked for; zero-filled
-    when made, so the padding columns of a padded view read as 0 for as long as only [:, :V] is written."""
-
-    def __init__(self) -> None:
-        self._flat: dict[tuple[str, int], torch.Tensor] = {}
-
-    def view(self, name: str, rows: int, cols: int, device: torch.device, width: int | None = None) -> torch.Tensor:
-        """float32 [rows, width] (width defaults to cols) over the named buffer."""
-        width = width or cols
-        need, key = rows * width, (name, width)
-        buf = self._flat.get(key)
-        if buf is None or buf.numel() < need or buf.device != torch.device(device):
-            buf = self._flat[key] = torch.zeros(need, device=device)
-        return buf[:need].view(rows, width)
-
-
-def _blocked_sum(t: torch.Tensor) -> torch.Tensor:
-    """float64 [n] row sums of float32 [n, W] (W a multiple of SUM_BLOCK): float32 partial sums of SUM_BLOCK
-    terms, summed in float64. `t.sum(-1, dtype=torch.float64)` would make a float64 copy of t (measured 25x the
-    time of the float32 sum at 1024 x 50,304); a partial of 256 float32 terms carries ~1e-7 relative error of its
-    own magnitude, as the float32 terms themselves do."""
-    n, width = t.shape
-    return t.view(n, width // SUM_BLOCK, SUM_BLOCK).sum(-1).sum(-1, dtype=torch.float64)
-
-
 @dataclass
 class _FpBatch:
-    """The fp side of one batch, computed once and shared by every quantized model: z, p = softmax(z), lse and
-    argmax (int64 [n], p's mode, where `_compare` centres the differences)."""
+    """The fp side of one batch, computed once and shared by every quantized model: z, p = softmax(z), lse."""
 
     z: torch.Tensor
     p: torch.Tensor
     lse: torch.Tensor
-    argmax: torch.Tensor
 
     @classmethod
-    def of(cls, z: torch.Tensor, ws: Workspace | None = None) -> "_FpBatch":
-        """p in one buffer (the workspace's, when given): exp(z - max), then divided by its sum; lse from both."""
-        n, V = z.shape
-        m = z.amax(-1, keepdim=True)
-        p = torch.empty_like(z) if ws is None else ws.view("p", n, V, z.device)
-        torch.sub(z, m, out=p)
-        p.exp_()
-        total = p.sum(-1, keepdim=True)
-        p.div_(total)
-        return cls(z, p, (m + total.log())[:, 0].double(), z.argmax(-1))
+    def of(cls, z: torch.Tensor) -> "_FpBatch":
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)
+        return cls(z, torch.exp(z - lse), lse[:, 0].double())
 
 
-def _kl_sums(z_fp: torch.Tensor, p: torch.Tensor, z_q: torch.Tensor, ws: Workspace | None = None,
-             center: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """float64 [n] sums over v of p_v e_v and p_v expm1(e_v), e = z_q - z_fp - center (float32 terms, float64
-    sums of float32 partials), and int64 [n] argmax of z_q. Two float32 buffers, reused across calls via `ws`.
-
-    center (float32 [n], default 0): a per-row offset taken out of e first. KL is unchanged by it, but the two
-    sums are not: a quantized model whose logits sit c above fp's makes them ~c and ~e^c, and their float32
-    rounding (~1e-7 of that) swamps a KL of 1e-6 unless c is removed before the terms are formed."""
-    ws = ws or Workspace()
-    n, V = z_q.shape
-    e = ws.view("e", n, V, z_q.device)
-    t = ws.view("t", n, V, z_q.device, width=-(-V // SUM_BLOCK) * SUM_BLOCK)
-    terms = t[:, :V]
-    torch.sub(z_q, z_fp, out=e)
-    if center is not None:
-        e.sub_(center[:, None])
-    torch.mul(p, e, out=terms)
-    pe = _blocked_sum(t)
-    torch.expm1(e, out=e)
-    torch.mul(p, e, out=terms)
-    return pe, _blocked_sum(t), z_q.argmax(-1)
+def _kl_sums(z_fp: torch.Tensor, p: torch.Tensor, z_q: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """float64 [n] sums over v of p_v e_v and p_v expm1(e_v), e = z_q - z_fp (float32 terms, float64 sums), and
+    int64 [n] argmax of z_q."""
+    e = z_q - z_fp
+    return (p * e).sum(-1, dtype=torch.float64), (p * torch.expm1(e)).sum(-1, dtype=torch.float64), z_q.argmax(-1)
 
 
 def _kl_sums_fused(z_fp: torch.Tensor, p: torch.Tensor, z_q: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -206,38 +155,31 @@ def _sums_fn(elements: int):
     return _COMPILED["fn"]
 
 
-def _compare(fp: _FpBatch, z_q: torch.Tensor, targets: torch.Tensor, sums=_kl_sums, ws: Workspace | None = None
+def _compare(fp: _FpBatch, z_q: torch.Tensor, targets: torch.Tensor, sums=_kl_sums
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """float64 [n] quantized losses, KL(fp || q) and int64 [n] argmax of z_q, from float32 logits [n, V] (see the
     module docstring).
 
     With e = z_q - z_fp: S = sum_v p_v expm1(e_v) = e^(lse_q - lse_fp) - 1, so KL = log1p(S) - sum_v p_v e_v and
     the quantized log-sum-exp is lse_fp + log1p(S): one exp-like pass over the quantized logits gives both,
-    with sums accumulated in float64. ws: scratch buffers of the eager kernel, reused across batches.
+    with sums accumulated in float64.
     """
-    ws = ws or Workspace()
     nll = torch.empty(z_q.shape[0], dtype=torch.float64, device=z_q.device)
     kl = torch.empty_like(nll)
     argmax = torch.empty(z_q.shape[0], dtype=torch.int64, device=z_q.device)
     step = _chunk_rows(z_q.shape[-1])
     tq = z_q.gather(1, targets[:, None].to(z_q.device))[:, 0].double()
-    mode = fp.argmax[:, None]  # e at fp's most likely token: takes out any per-row shift of q's logits (_kl_sums)
-    center = z_q.gather(1, mode)[:, 0] - fp.z.gather(1, mode)[:, 0]
     for s in range(0, z_q.shape[0], step):
         sl = slice(s, s + step)
-        c = center[sl].double() if sums is _kl_sums else torch.zeros_like(tq[sl])
         try:
-            pe, s_sum, argmax[sl] = _kl_sums(fp.z[sl], fp.p[sl], z_q[sl], ws, center[sl]) if sums is _kl_sums \
-                else sums(fp.z[sl], fp.p[sl], z_q[sl])
+            pe, s_sum, argmax[sl] = sums(fp.z[sl], fp.p[sl], z_q[sl])
         except Exception:  # noqa: BLE001 - a compiler failure (no C++ toolchain, triton): eager from now on
             if sums is _kl_sums:
                 raise
             _COMPILED["failed"], sums = True, _kl_sums
-            c = center[sl].double()
-            pe, s_sum, argmax[sl] = _kl_sums(fp.z[sl], fp.p[sl], z_q[sl], ws, center[sl])
+            pe, s_sum, argmax[sl] = sums(fp.z[sl], fp.p[sl], z_q[sl])
         log1p_s = torch.log1p(s_sum)
-        # lse_q = lse_fp + c + log1p(S) with S the centred sum: the quantized loss needs the centre back
-        kl[sl], nll[sl] = log1p_s - pe, fp.lse[sl] + c + log1p_s - tq[sl]
+        kl[sl], nll[sl] = log1p_s - pe, fp.lse[sl] + log1p_s - tq[sl]
     bad = ~(torch.isfinite(kl) & torch.isfinite(nll))
     if bad.any():  # expm1 overflowed (a logit of q far above fp's): the direct float64 forms are safe there
         lp, lq = torch.log_softmax(fp.z[bad].double(), -1), torch.log_softmax(z_q[bad].double(), -1)
@@ -247,9 +189,10 @@ def _compare(fp: _FpBatch, z_q: torch.Tensor, targets: torch.Tensor, sums=_kl_su
 
 
 def kl_divergence(z_fp: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(z_fp) || softmax(z_q)) per row: float32 logits [n, V] -> float64 [n]."""
+    """KL(softmax(z_fp) || softmax(z_q)) per row: logits [n, V] of any float dtype (taken to float32 first, as
+    `_scored_logits` does) -> float64 [n]."""
     dummy = torch.zeros(z_fp.shape[0], dtype=torch.int64, device=z_fp.device)
-    return _compare(_FpBatch.of(z_fp), z_q, dummy)[1]
+    return _compare(_FpBatch.of(z_fp.float()), z_q.float(), dummy)[1]
 
 
 def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], tokens: EvalTokens,
@@ -269,18 +212,17 @@ def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], token
     q_kl = {k: np.empty(T) for k in q_models} if kl else {}
     failed: dict[Hashable, BaseException] = {}
     sums = None  # the KL kernel, chosen at the first batch (when V is known)
-    ws = Workspace()  # scratch reused by every batch: no fresh vocabulary-sized buffers per batch
     with torch.inference_mode():
         for ids, rows, cols, idx in _batch_plan(tokens, batch_size, device):
             targets = tokens.targets[idx]
             z_fp = _scored_logits(fp_model, ids, rows, cols)
-            fp = _FpBatch.of(z_fp, ws) if kl and q_models else None
+            fp = _FpBatch.of(z_fp) if kl and q_models else None
             if fp is None:
                 fp_nll[idx], fp_lse[idx] = _nll_lse(z_fp, targets)
             else:
                 fp_lse[idx] = fp.lse.cpu().numpy()
                 fp_nll[idx] = (fp.lse - z_fp.gather(1, targets[:, None].to(z_fp.device))[:, 0].double()).cpu().numpy()
-            am_fp = z_fp.argmax(dim=-1) if fp is None else fp.argmax
+            am_fp = z_fp.argmax(dim=-1)
             fp_argmax[idx] = am_fp.cpu().numpy()
             for key, model in q_models.items():
                 if key in failed:
@@ -292,7 +234,7 @@ def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], token
                         am_q = z_q.argmax(dim=-1)
                     else:
                         sums = sums or _sums_fn(T * z_fp.shape[-1] * len(q_models))
-                        nll_k, kl_k, am_q = _compare(fp, z_q, targets, sums, ws)
+                        nll_k, kl_k, am_q = _compare(fp, z_q, targets, sums)
                         q_nll[key][idx], q_kl[key][idx] = nll_k.cpu().numpy(), kl_k.cpu().numpy()
                         if on_logits is not None:
                             on_logits(key, idx, z_fp, z_q)
@@ -308,7 +250,12 @@ def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], token
 
 
 def _device_of(model: torch.nn.Module, default: torch.device) -> torch.device:
-    """Where a model's input ids must go: its first parameter's device (a sharded model takes them there)."""
+    """Where a model's input ids must go: a placed model's main device (qsens.families.placed: its hooks move
+    activations on from there; its first parameter may be offloaded, on 'meta'), else its first parameter's."""
+    hook = getattr(model, "_hf_hook", None)
+    if hook is not None and getattr(hook, "execution_device", None) is not None:
+        d = hook.execution_device
+        return torch.device(f"cuda:{d}" if isinstance(d, int) else d)
     p = next(model.parameters(), None)
     return p.device if p is not None else default
 
