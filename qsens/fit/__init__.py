@@ -3,6 +3,7 @@
     laws.py      the laws, one `Law` subclass each (Ouyang per-bit and unified, Kumar δ_PTQ, Chinchilla fp loss:
                  formula, parameters, exponents, design or log-prediction, bounds), and closed-form D*
     fitting.py   robust log-space least squares, paired bootstrap over (N, D) units, leave-one-out on the largest D
+    batched.py   the bootstrap's and jackknife's refits of a log-linear law, solved together (Newton, numpy)
     groups.py    which cells are fitted together (fit groups, bits axes); exclusion by evidence
     diagnostics.py  does the law fit: residual SD, curvature in D, local exponents, LOO error; the verdict
     pipeline.py  every law on every group, D* per (N, bits), paired schedule comparison

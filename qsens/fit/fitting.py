@@ -16,6 +16,9 @@ the 1.3 and 98.7 percentiles. Those percentiles are then bias-corrected and acce
 leave-one-checkpoint-out refits), which matters for the nonlinear Chinchilla parameters. A resample that cannot
 identify the free parameters (too few distinct sizes, tokens or bit widths) is skipped and counted, never
 silently fitted; with fewer than p + 3 checkpoints no interval is given (NaN), see `FitResult.interval_ok`.
+The refits of a log-linear law (bootstrap and jackknife) are solved all at once (qsens.fit.batched: the same
+convex objective, so the same minimum as a one-by-one scipy fit, to its 1e-8 tolerance); Chinchilla's, nonlinear
+and bounded, are scipy fits one at a time.
 Inputs are sorted canonically first, so a fit does not depend on the order of its rows.
 
 Measured coverage (tests/fit/test_recovery.py; 1,500 seeded synthetic data sets per law, 5 sizes × 8 budgets,
@@ -51,6 +54,7 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import least_squares
 
+from qsens.fit import batched
 from qsens.fit.laws import Law, Points
 
 F_SCALE = {"delta": 0.1, "fp": 0.02}  # soft-L1 knee in log units: ~10% on Δloss, ~2% on the fp loss
@@ -161,16 +165,11 @@ def bca_percentiles(percentiles: tuple[float, float], draws: np.ndarray, estimat
 def jackknife(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray,
               e_floor: float | None = None) -> np.ndarray | None:
     """Leave-one-checkpoint-out refits: shape (n_checkpoints, p); None if any refit is not identifiable."""
-    start = [np.array([v for p, v in zip(law.params, theta) if p not in fixed])]
-    out = []
-    for c in np.unique(x.cluster):
-        rest = x.take(np.flatnonzero(x.cluster != c))
-        try:
-            check_identifiable(law, rest, fixed)
-        except FitError:
-            return None
-        out.append(fit_theta(law, rest, fixed, None if law.linear else start, e_floor))
-    return np.array(out)
+    rows = [np.flatnonzero(x.cluster != c) for c in np.unique(x.cluster)]
+    weights = np.array([np.bincount(r, minlength=len(x)) for r in rows], dtype=float)
+    if not batched.identifiable(law, x, fixed, weights).all():
+        return None
+    return refit(law, x, fixed, theta, rows, weights, e_floor)[0]
 
 
 def standard_errors(law: Law, theta: np.ndarray, x: Points, fixed: dict[str, float],
@@ -275,6 +274,57 @@ def resampled_seeds(x: Points, seeds: np.ndarray | None = None) -> np.ndarray:
     return np.unique(x.replicate) if x.replicate is not None else np.array([], dtype=str)
 
 
+def drawn_rows(x: Points, universe: np.ndarray, seed_universe: np.ndarray, n_boot: int,
+               seed: int) -> list[np.ndarray]:
+    """The rows of x each bootstrap draw takes, in the order drawn: n_boot index arrays (repeats included).
+
+    Draw b picks len(universe) units from the sorted universe with `default_rng(seed)`, first len(seed_universe)
+    seeds where there are several, and takes every drawn seed's points at every drawn unit (a unit outside x
+    takes none; module doc: paired draws, training seeds)."""
+    own = set() if x.replicate is None else set(np.unique(x.replicate)) & set(seed_universe)
+    by_seed = len(seed_universe) > 1 and len(own) > 1  # else: the unit bootstrap alone (its seed draw is ignored)
+    members = [np.flatnonzero(x.cluster == c) for c in universe]
+    if by_seed:
+        members_of = [[np.flatnonzero((x.cluster == c) & (x.replicate == s)) for c in universe]
+                      for s in seed_universe]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        seed_pick = rng.integers(0, len(seed_universe), len(seed_universe)) if len(seed_universe) > 1 else None
+        pick = rng.integers(0, len(universe), len(universe))
+        chosen = ([members_of[s][i] for s in seed_pick for i in pick] if by_seed else [members[i] for i in pick])
+        out.append(np.concatenate(chosen + [np.array([], dtype=int)]))
+    return out
+
+
+def refit(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray, rows: list[np.ndarray],
+          weights: np.ndarray, e_floor: float | None = None,
+          errors: tuple[type[Exception], ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Refits of the resamples x.take(rows[b]): (thetas of shape (B, p), ok of shape (B,)).
+
+    weights: shape (B, m), the same resamples as counts per point. A log-linear law without bounds is solved
+    for all B at once (qsens.fit.batched, from theta); any other law, and a resample the batch did not converge
+    on, is refitted alone by fit_theta (a nonlinear law from theta's free parameters, as the point fit's
+    refits always were). A refit raising one of `errors` is not ok; any other exception propagates."""
+    free = [i for i, p in enumerate(law.params) if p not in fixed]
+    thetas, converged = np.zeros((len(rows), len(law.params))), np.zeros(len(rows), dtype=bool)
+    if len(rows) and law.linear and not law.bounds(x, fixed, e_floor):
+        design = law.design(x)
+        held = np.array([fixed.get(p, 0.0) for p in law.params], dtype=float)
+        target = np.log(x.y) - design @ held
+        free_theta, converged = batched.solve(design[:, free], target, weights, theta[free], F_SCALE[law.target])
+        thetas[:] = held
+        thetas[:, free] = free_theta
+    ok = np.ones(len(rows), dtype=bool)
+    start = [np.asarray(theta, float)[free]]
+    for b in np.flatnonzero(~converged):
+        try:
+            thetas[b] = fit_theta(law, x.take(rows[b]), fixed, None if law.linear else start, e_floor)
+        except errors:
+            ok[b] = False
+    return thetas, ok
+
+
 def bootstrap(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray, n_boot: int,
               seed: int, universe: np.ndarray | None = None, e_floor: float | None = None,
               seeds: np.ndarray | None = None) -> tuple[np.ndarray, int, np.ndarray]:
@@ -283,31 +333,15 @@ def bootstrap(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray, n
     Draw b picks len(universe) units from the sorted universe (default: x's own units) with `default_rng(seed)`;
     every fit with the same universe and seed sees the same picks (module doc: paired draws). With more than one
     training seed in `seeds` (default: x's own replicates), draw b first picks len(seeds) seeds, then the units,
-    and takes every drawn seed's points at every drawn unit (module doc: training seeds)."""
+    and takes every drawn seed's points at every drawn unit (module doc: training seeds). A draw that cannot
+    identify the law (check_identifiable of its points) is skipped, as is one whose refit fails."""
     universe = np.unique(x.cluster) if universe is None else np.asarray(universe)
-    seed_universe = resampled_seeds(x, seeds)
-    own = set() if x.replicate is None else set(np.unique(x.replicate)) & set(seed_universe)
-    by_seed = len(seed_universe) > 1 and len(own) > 1  # else: the unit bootstrap alone (its seed draw is ignored)
-    members = [np.flatnonzero(x.cluster == c) for c in universe]
-    if by_seed:
-        members_of = [[np.flatnonzero((x.cluster == c) & (x.replicate == s)) for c in universe]
-                      for s in seed_universe]
-    rng = np.random.default_rng(seed)
-    free_start = [np.array([v for p, v in zip(law.params, theta) if p not in fixed])]
-    draws, ids, failed = [], [], 0
-    for b in range(n_boot):
-        seed_pick = rng.integers(0, len(seed_universe), len(seed_universe)) if len(seed_universe) > 1 else None
-        pick = rng.integers(0, len(universe), len(universe))
-        chosen = ([members_of[s][i] for s in seed_pick for i in pick] if by_seed else [members[i] for i in pick])
-        sample = x.take(np.concatenate(chosen + [np.array([], dtype=int)]))
-        try:
-            check_identifiable(law, sample, fixed)
-            starts = free_start if not law.linear else None
-            draws.append(fit_theta(law, sample, fixed, starts, e_floor))
-            ids.append(b)
-        except (FitError, ValueError, np.linalg.LinAlgError):
-            failed += 1
-    return np.array(draws).reshape(-1, len(law.params)), failed, np.array(ids, dtype=int)
+    rows = drawn_rows(x, universe, resampled_seeds(x, seeds), n_boot, seed)
+    weights = np.array([np.bincount(r, minlength=len(x)) for r in rows], dtype=float).reshape(n_boot, len(x))
+    ids = np.flatnonzero(batched.identifiable(law, x, fixed, weights))
+    draws, ok = refit(law, x, fixed, theta, [rows[b] for b in ids], weights[ids], e_floor,
+                      (FitError, ValueError, np.linalg.LinAlgError))
+    return draws[ok], n_boot - int(ok.sum()), ids[ok]
 
 
 def loo_largest_d(law: Law, x: Points, fixed: dict[str, float], e_floor: float | None = None) -> list[dict]:
