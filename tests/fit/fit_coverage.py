@@ -55,9 +55,21 @@ def schedule_trial(seed: int, n_boot: int) -> dict[str, bool]:
     return {"beta difference": bool(row["ci_low"] <= 0 <= row["ci_high"])}
 
 
-def coverage(trial, seeds: range, **kwargs) -> dict[str, float]:
-    """Fraction of seeds whose interval holds the truth, per parameter; trials in up to 2 spawned processes."""
+def point_fit(seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(theta, sandwich standard errors) of the fit without bootstrap to the data set of this seed."""
+    law, _, points = case_points(name, seed)
+    fit = fit_law(law, points, n_boot=0, loo=False)
+    return fit.theta, fit.se
+
+
+def in_workers(trial, seeds: range, **kwargs) -> list:
+    """trial(seed, **kwargs) for every seed, in order, in up to 2 spawned processes (CI has 2 cores)."""
     workers = min(2, os.cpu_count() or 1)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        hits = list(pool.map(partial(trial, **kwargs), seeds, chunksize=max(1, len(seeds) // (4 * workers))))
+        return list(pool.map(partial(trial, **kwargs), seeds, chunksize=max(1, len(seeds) // (4 * workers))))
+
+
+def coverage(trial, seeds: range, **kwargs) -> dict[str, float]:
+    """Fraction of seeds whose interval holds the truth, per parameter (trials in_workers)."""
+    hits = in_workers(trial, seeds, **kwargs)
     return {p: float(np.mean([h[p] for h in hits])) for p in hits[0]}
