@@ -32,7 +32,7 @@ rows = {c["checkpoint"]: (c["schedule"], c["tokens"], c["train_seed"], c["fp_los
         for c in ResultStore(results).cells("ok") if c["eval"] == eval_name}
 gate = checkpoint_gate({k: v[3] for k, v in rows.items()}, base["bigram"])
 print(json.dumps({"eval": eval_name, "scored_targets": int(len(targets)), "baselines": base,
-                  "threshold": base["bigram"] - 0.3, "failed": gate["failed"]}))
+                  "threshold": gate["threshold"], "failed": gate["failed"]}))
 for name, (schedule, tokens, seed, fp) in sorted(rows.items(), key=lambda kv: (kv[1][0], kv[1][1], kv[1][2])):
     print(json.dumps({"checkpoint": name, "schedule": schedule, "tokens": tokens, "seed": seed,
                       "fp_loss": round(fp, 4), "margin": round(base["bigram"] - fp, 4),

@@ -115,11 +115,11 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# reps {args.reps}, boot {args.boot}, loo_tol {args.loo_tol}, kappa {args.kappa:.3f}, decay beta_c "
           f"{args.decay_beta_c}, seed_sd {args.seed_sd}, seed_slope_sd {args.seed_slope_sd}, rho {args.branch_rho}")
-    print("| design | sigma | truth | P(correct) | P(wrong) | P(inconclusive) | SE | top inconclusive reasons |")
-    print("|---|---|---|---|---|---|---|---|")
     rng, sigmas = np.random.default_rng(args.seed), list(args.sigma)
     if args.gate_null:
         return gate_null(args, rng, sigmas)
+    print("| design | sigma | truth | P(correct) | P(wrong) | P(inconclusive) | SE | top inconclusive reasons |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.designs:
         for sigma in sigmas:
             args.sigma = sigma  # trajectory() reads the current σ

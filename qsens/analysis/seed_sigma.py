@@ -137,13 +137,13 @@ def trajectory_noise(cells: Iterable[Mapping], by: str | None = "bits", confiden
 
             s2, b2, a2 = rss / df_sigma, ssb / df_seed, ssa / df_seed
             w_sxx, w_m = float(np.mean(inv_sxx)), float(np.mean(inv_m))
-            sigma_lo = ci(rss, df_sigma)[0]
+            sigma_ci = ci(rss, df_sigma)
             b_lo, b_hi = ci(ssb, df_seed)
-            row.update(sigma=math.sqrt(s2), sigma_ci=ci(rss, df_sigma), slope_sd=math.sqrt(b2),
+            row.update(sigma=math.sqrt(s2), sigma_ci=sigma_ci, slope_sd=math.sqrt(b2),
                        slope_sd_ci=(b_lo, b_hi), intercept_sd=math.sqrt(a2), intercept_sd_ci=ci(ssa, df_seed),
                        tau_slope=math.sqrt(max(0.0, b2 - s2 * w_sxx)),
                        tau_slope_ci=(math.sqrt(max(0.0, b_lo ** 2 - s2 * w_sxx)),
-                                     math.sqrt(max(0.0, b_hi ** 2 - sigma_lo ** 2 * w_sxx))),
+                                     math.sqrt(max(0.0, b_hi ** 2 - sigma_ci[0] ** 2 * w_sxx))),
                        tau_intercept=math.sqrt(max(0.0, a2 - s2 * w_m)))
         out.append(row)
     return out
