@@ -41,7 +41,7 @@ explains (an imprecise 8-bit series, say) is no misfit, however large its residu
 trajectory is not measured noise, so it counts against the law. The LOO rule stays noise-blind: D* needs the next
 budget predicted, whatever makes it unpredictable. Data drawn from the laws with 5% log-normal noise
 (tests/fit/fit_synthetic.py) passes in over 97% of seeds (tests/fit/test_diagnostics.py), and a power law fitted
-to a bent curve fails; the noise test's size and τ's coverage are measured in tests/fit/test_noise.py.
+to a bent curve fails; the noise test's size and τ's coverage are measured in tests/fit/test_fit_noise.py.
 
 What a verdict allows (`prediction_withheld`): D* and any curve past the measured range are shown only from a
 degradation fit that fits, beside a full-precision fit that fits; every other fit says why not.
