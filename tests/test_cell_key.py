@@ -107,9 +107,9 @@ def test_library_version_reads_installed_metadata():
 
 
 def test_published_rtn_cells_keep_their_keys():
-    """Every cell of the published micro suite (RTN only) is planned with the key it was stored under."""
+    """Every cell of the published micro suite (RTN and the cast floor) is planned with the key it was stored under."""
     from qsens.testbed.standins import REPO
 
     stored = {c["key"] for c in ResultStore(REPO / "results/published/micro", readonly=True).cells()}  # no migration
-    planned = {c.key for c in plan.plan_cells(load_suite(REPO / "suites/micro.yaml"))}
-    assert planned and planned <= stored
+    planned = {c.key for c in plan.plan_cells(load_suite(REPO / "suites/micro-documents.yaml"))}
+    assert planned and planned == stored

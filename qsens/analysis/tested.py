@@ -58,18 +58,19 @@ def _count(diffs: list[dict]) -> TestedCount:
 
 
 def _series(cells: list[dict], **where) -> dict[tuple, list[dict]]:
-    """{(family, eval, N, bits): cells sorted by D} for the ok cells matching `where`."""
+    """{(family, eval, N, bits, training seed): cells sorted by D} for the ok cells matching `where`: one series
+    is one training run's trajectory (seed replicates of a family are series of their own)."""
     out: dict[tuple, list[dict]] = defaultdict(list)
     for c in cells:
         if c.get("status", "ok") == "ok" and all(c.get(k) == v for k, v in where.items()):
-            out[(c["family"], c["eval"], c["n_params"], c.get("bits"))].append(c)
+            out[(c["family"], c["eval"], c["n_params"], c.get("bits"), c.get("train_seed"))].append(c)
     return {k: sorted(v, key=lambda c: c["tokens"]) for k, v in sorted(out.items(), key=lambda kv: str(kv[0]))}
 
 
 def u_curve_tested(cells: list[dict], ev: str, samples: int = 1000, seed: int = 0) -> dict[int, TestedCount]:
     """Per bits: series whose quantized loss at the largest budget is above its lowest point (q_loss, paired)."""
     out: dict[int, list[dict]] = defaultdict(list)
-    for (_, _, _, bits), s in _series(cells, eval=ev).items():
+    for (_, _, _, bits, _), s in _series(cells, eval=ev).items():
         if bits is None or len(s) < 2:
             continue
         q = [c["fp_loss"] + c["delta_loss"] for c in s]
@@ -81,17 +82,21 @@ def u_curve_tested(cells: list[dict], ev: str, samples: int = 1000, seed: int = 
 def growth_tested(cells: list[dict], samples: int = 1000, seed: int = 0,
                   gate_loss: dict[str, float] | None = None) -> dict:
     """Low-bit series whose Δloss at the largest budget is above the smallest budget's (paired on the same tokens);
-    and the growth factors largest/smallest, over all series and over checkpoints past the gate (when given)."""
+    and the growth factors largest/smallest, over all series and over checkpoints past the gate (when given).
+
+    gate_loss: {tokens digest or eval name: fp loss at or below which a checkpoint is past the gate}; a series'
+    cells are looked up by their tokens digest first (`qsens.testbed.gates.read_baselines` keys), then by eval."""
     diffs, factors, gated = [], [], []
-    for (_, ev, _, bits), s in _series(cells).items():
+    for (_, ev, _, bits, _), s in _series(cells).items():
         if bits not in LOW_BITS or len(s) < 2:
             continue
         diffs.append(paired_difference(s[-1], s[0], "delta_loss", samples=samples, seed=seed))
-        if s[0]["delta_loss_ci_low"] > 0:
+        if s[0]["delta_loss_ci_low"] > 0 and s[-1]["delta_loss_ci_low"] > 0:  # a ratio of two resolved, positive Δs
             factors.append(s[-1]["delta_loss"] / s[0]["delta_loss"])
-        if gate_loss and ev in gate_loss:
-            past = [c for c in s if c["fp_loss"] <= gate_loss[ev]]
-            if len(past) >= 2 and past[0]["delta_loss_ci_low"] > 0:
+        gate = (gate_loss or {}).get(s[0].get("tokens_digest"), (gate_loss or {}).get(ev))
+        if gate is not None:
+            past = [c for c in s if c["fp_loss"] <= gate]
+            if len(past) >= 2 and past[0]["delta_loss_ci_low"] > 0 and past[-1]["delta_loss_ci_low"] > 0:
                 gated.append(past[-1]["delta_loss"] / past[0]["delta_loss"])
     span = lambda v: (min(v), max(v)) if v else None  # noqa: E731
     return {"count": _count(diffs), "factors": span(factors), "factors_past_gate": span(gated),

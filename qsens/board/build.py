@@ -34,8 +34,8 @@ from typing import Iterator
 
 from qsens.board import data as board_data
 from qsens.board import history as hist
-from qsens.board.model import site_model
 from qsens.board.layers import is_layer_cell, layer_plots
+from qsens.board.model import seed_siblings, site_model
 from qsens.board.plots import family_plots
 from qsens.board.render import render_pages, write_data
 from qsens.store.sqlite import DB_NAME
@@ -211,7 +211,7 @@ def _build_into(tmp: Path, out: Path, data: board_data.BoardData, now: datetime)
     changes = hist.last_changes(trans)
     plots: dict = {}
     for family in sorted({c.get("family") for c in data.cells}, key=str):
-        cells = [c for c in data.cells if c.get("family") == family]
+        cells = [c for c in data.cells if c.get("family") in seed_siblings(family, data.cells)]
         # layer-set cells get their own heat maps and exponent plots instead of one plot pair per set
         plots[family] = family_plots(family, [c for c in cells if not is_layer_cell(c)], data.fits, tmp) + \
             layer_plots(family, cells, tmp)

@@ -168,6 +168,39 @@ def _provenance_summary(cells: list[dict]) -> dict:
             if k not in ("started_at", "finished_at", "seed")}
 
 
+def seed_siblings(family: str, cells: list[dict]) -> set[str]:
+    """`family` and the families holding its other training seeds: same fit group (not None) and schedules,
+    training seeds disjoint from its own (a suite names one manifest per family, so the micro family's seeds 1-2,
+    trained after seed 0, are families of their own). Their cells are plotted together: one series per (schedule,
+    N) with a seed band."""
+    def profile(name):
+        own = [c for c in cells if c.get("family") == name]
+        return ({c.get("fit_group") for c in own}, {c.get("schedule") for c in own}, {c.get("train_seed") for c in own})
+
+    groups, schedules, seeds = profile(family)
+    if len(groups) != 1 or None in groups or None in seeds:
+        return {family}
+    out = {family}
+    for other in {c.get("family") for c in cells} - {family}:
+        g, sch, sd = profile(other)
+        if g == groups and sch == schedules and None not in sd and not sd & seeds:
+            out.add(other)
+    return out
+
+
+def eval_scopes(cells: list[dict]) -> list[dict]:
+    """Per eval of `cells`: how many documents its cells score and what their intervals cover
+    (`qsens.metrics.docinterval.scope_of`); documents 0 where no cell keeps window sums."""
+    from qsens.metrics.docinterval import cell_documents, scope_of
+
+    out = []
+    for ev in sorted({c.get("eval") for c in cells if c.get("eval")}):
+        c = next((c for c in cells if c.get("eval") == ev and c.get("window_sums")), None)
+        n = cell_documents(c) if c is not None else 0
+        out.append({"eval": ev, "documents": n, "scope": scope_of(n) if n else None})
+    return out
+
+
 def family_model(name, cells: list[dict], fits: list[dict], changes: dict, plots: list[dict]) -> dict:
     """One family's page: every cell with settings and provenance, its failures, fits and plots."""
     views = []
@@ -180,7 +213,7 @@ def family_model(name, cells: list[dict], fits: list[dict], changes: dict, plots
             "failed": [v for v in views if v.get("status") == "failed"],
             "running": [v for v in views if v.get("status") == "running"],
             "fits": [f for f in fits if name in fit_view.families(f)], "plots": plots, "n_seeds": n_seeds(cells),
-            "provenance": _provenance_summary(cells), "first_date": dates[0] if dates else None,
+            "provenance": _provenance_summary(cells), "evals": eval_scopes(cells), "first_date": dates[0] if dates else None,
             "last_date": dates[-1] if dates else None,
             "checkpoints": sorted({(c.get("n_params") or 0, c.get("tokens") or 0, str(c.get("checkpoint")))
                                    for c in cells})}
@@ -213,6 +246,8 @@ def site_model(data, changes: dict, plots: dict, history: dict, generated_at: st
     families = []
     for name in sorted(by_family, key=str):
         fam = family_model(name, by_family[name], data.fits, changes, plots.get(name, []))
+        fam["plotted_with"] = [{"name": f, "page": family_page(f)}
+                               for f in sorted(seed_siblings(name, data.cells) - {name}, key=str)]
         drawn = [p for p in fam["plots"] if p["file"]]
         fam["preview"] = next((p for p in drawn if p["kind"] == "methods"), drawn[0] if drawn else None)
         families.append(fam)
@@ -223,5 +258,5 @@ def site_model(data, changes: dict, plots: dict, history: dict, generated_at: st
             "confidence_text": f"{next(iter(levels)):.0%} " if len(levels) == 1 and None not in levels else "",
             "counts": {s: statuses.count(s) for s in ("ok", "failed", "running")},
             "metrics": INDEX_METRICS, "rows": rows, "filters": filter_values(rows), "best": best_checkpoints(data.cells),
-            "families": families, "fits_count": len(data.fits), "history": history,
+            "families": families, "evals": eval_scopes(data.cells), "fits_count": len(data.fits), "history": history,
             "runs": data.runs}

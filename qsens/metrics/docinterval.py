@@ -111,6 +111,20 @@ def scope_label(interval: DocumentInterval) -> str:
     return f" ({THESE_DOCUMENTS_ONLY})" if interval.scope == THESE_DOCUMENTS_ONLY else ""
 
 
+def cell_documents(cell: dict) -> int:
+    """How many documents a stored cell's windows come from (its `window_sums`); 0 when it has none."""
+    from qsens.metrics.compare import decode_window_sums
+
+    if not cell.get("window_sums"):
+        return 0
+    return int(np.unique(decode_window_sums(cell["window_sums"])["doc"]).size)
+
+
+def scope_of(n_documents: int) -> str:
+    """What an interval over `n_documents` documents can cover: OVER_DOCUMENTS or THESE_DOCUMENTS_ONLY."""
+    return OVER_DOCUMENTS if n_documents >= MIN_DOCUMENTS else THESE_DOCUMENTS_ONLY
+
+
 def cell_document_interval(a: dict, b: dict | None = None, metric: str = "delta_loss", *, samples: int = 1000,
                            confidence: float = 0.95, seed: int = 0) -> DocumentInterval:
     """The two-level interval of a cell's per-token metric (b None), or of metric(a) - metric(b) paired on the

@@ -13,6 +13,9 @@
 (primary setting: RTN BITS (3) at group GROUP (8); GATE_EVAL defaults to heldout-novels).
 `python -m qsens.testbed.gates fp SPEC FAMILY_DIR SUITE EVAL` applies the checkpoint gate from the checkpoints
 alone (full-precision losses scored here), before any suite run.
+`python -m qsens.testbed.gates baselines SUITE RESULTS` writes RESULTS/baselines.json: the unigram and bigram of
+every (manifest family, eval) of a suite, keyed by the scored tokens' digest (`suite_baselines`), which the
+README's findings read (`read_baselines`) to report growth past the bigram gate.
 """
 
 from __future__ import annotations
@@ -134,6 +137,87 @@ def family_report(spec_path: Path, family_dir: Path, results: Path, suite_path: 
             "exponent_gates_checkpoints_passing_the_gate": gates(lambda name: name in passing)}
 
 
+BASELINES_FILE = "baselines.json"
+
+
+def _train_file(manifest_path: Path, name: str) -> Path:
+    """A manifest's `train_text` entry as a file: manifests written by `qsens family train` keep the spec's paths,
+    relative to the spec, which sits in the family folder or above it; so the folder and then each parent."""
+    for base in [manifest_path.parent, *manifest_path.parent.parents]:
+        if (base / name).is_file():
+            return base / name
+    raise FileNotFoundError(f"{manifest_path}: train_text {name!r} is not found from its folder or any parent")
+
+
+def manifest_stream(manifest_path: Path, tokenizer) -> np.ndarray:
+    """A manifest family's training text as one token stream (int64 [T]), as `qsens.testbed.ladder` builds it:
+    its `train_text` files in order, split into documents at `<|endoftext|>` lines, each tokenized without special
+    tokens and preceded by EOS. (A spec's `max_train_chars` is not in the manifest: the whole files are used.)"""
+    from qsens.families.manifest import read_manifest
+    from qsens.metrics.text import read_text
+    from qsens.testbed.ladder import EOS
+
+    manifest = read_manifest(manifest_path)
+    if not manifest.train_text:
+        raise ValueError(f"{manifest_path}: no train_text, so no n-gram baseline of its training text")
+    docs = [d for name in manifest.train_text for d in read_text(_train_file(manifest_path, name)).split(EOS + "\n")
+            if d.strip()]
+    eos = tokenizer.eos_token_id
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    return np.concatenate([np.concatenate([[eos], np.asarray(x, dtype=np.int64)]) for x in ids]).astype(np.int64)
+
+
+def suite_baselines(suite, margin: float = 0.3) -> dict[str, dict]:
+    """{tokens digest: baselines} for every eval of `suite` (a loaded `qsens.suites.load.Suite`) under every family
+    given by a manifest with `train_text`: `ngram_baselines` of that training text on exactly the targets its cells
+    score (same tokenizer, protocol and digest as `qsens.runner`), with `eval`, `families` and `gate_loss` (bigram
+    minus `margin`, the checkpoint gate's threshold). Families sharing a tokenizer and training text share one
+    entry per eval."""
+    from transformers import AutoConfig
+
+    from qsens.families.loading import load_tokenizer, pretrained_kwargs
+    from qsens.families.manifest import read_manifest
+    from qsens.metrics.windows import build_eval_tokens, model_max_length
+
+    out: dict[str, dict] = {}
+    streams: dict[tuple, np.ndarray] = {}
+    for fam in suite.spec.families:
+        ckpts = [c for c in suite.checkpoints if c.family == fam.name]
+        if fam.manifest is None or not ckpts:
+            continue
+        manifest_path = (suite.path.parent / fam.manifest).resolve()
+        tokenizer = load_tokenizer(ckpts[0])
+        max_length = model_max_length(AutoConfig.from_pretrained(ckpts[0].location, **pretrained_kwargs(ckpts[0])),
+                                      tokenizer)
+        text_key = (tuple(str(_train_file(manifest_path, t).resolve()) for t in read_manifest(manifest_path).train_text),
+                    tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else fam.name)
+        if text_key not in streams:
+            streams[text_key] = manifest_stream(manifest_path, tokenizer)
+        for ev in suite.evals:
+            tokens = build_eval_tokens(ev.read(), tokenizer, ev.protocol, max_length)
+            if tokens.digest in out:
+                out[tokens.digest]["families"].append(fam.name)
+                continue
+            prev, targets = scored_pairs(tokens)
+            base = ngram_baselines(streams[text_key], len(tokenizer), prev, targets)
+            out[tokens.digest] = {"eval": ev.name, "families": [fam.name], **base, "margin": margin,
+                                  "gate_loss": base["bigram"] - margin}
+    return out
+
+
+def write_baselines(results_dir: Path, suite, margin: float = 0.3) -> Path:
+    """Write `suite_baselines` to results_dir/baselines.json; returns the path."""
+    path = Path(results_dir) / BASELINES_FILE
+    path.write_text(json.dumps(suite_baselines(suite, margin), indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_baselines(results_dir: Path) -> dict[str, dict]:
+    """{tokens digest: baselines} from results_dir/baselines.json, {} when there is none."""
+    path = Path(results_dir) / BASELINES_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def checkpoint_losses(manifest_path: Path, text: str, protocol, tokenizer) -> dict[str, float]:
     """Full-precision mean loss (nats/token) of every checkpoint of a manifest on one eval text, scored as the
     suite scores it (float32 weights upcast from what is stored): the checkpoint gate before any suite run."""
@@ -176,6 +260,12 @@ def main(argv: list[str]) -> int:
         losses = checkpoint_losses(family / "manifest.json", text, protocol, tok)
         print(json.dumps({"eval": name, "baselines": base, "fp_loss": losses,
                           "gate": checkpoint_gate(losses, base["bigram"])}, indent=2))
+        return 0
+    if argv and argv[0] == "baselines":  # baselines SUITE RESULTS
+        from qsens.suites.load import load_suite
+
+        path = write_baselines(Path(argv[2]), load_suite(Path(argv[1])))
+        print(path)
         return 0
     spec, family, results, suite = map(Path, argv[:4])
     gate_eval = argv[4] if len(argv) > 4 else "heldout-novels"

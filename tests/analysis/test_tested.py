@@ -92,3 +92,20 @@ def test_fits_exclude_unresolved_cells_from_degradation_fits_only():
                                                     "value": near["delta_loss"], "reason": UNRESOLVED}]
     fp_points, fp_excluded, _ = to_points(cells, "fp_loss", with_bits=False)
     assert set(fp_points.keys) == {"near", "far"} and fp_excluded == []
+
+
+def test_seed_replicates_of_one_family_are_series_of_their_own():
+    """Two training seeds of one family and size are two trajectories: mixing them into one series sorted by D
+    would pair one seed's largest budget with another's smallest."""
+    rng = np.random.default_rng(4)
+    s1 = [cell(rng, t, 4.0, d, 0.001, train_seed=1) for t, d in ((1, 0.01), (2, 0.03))]
+    s2 = [cell(rng, t, 4.0, d, 0.001, train_seed=2) for t, d in ((1, 0.02), (2, 0.01))]
+    out = growth_tested(s1 + s2, samples=300)
+    assert (out["count"].resolved, out["count"].against, out["count"].total) == (1, 1, 2)
+
+
+def test_a_growth_factor_needs_both_ends_resolved_and_positive():
+    rng = np.random.default_rng(5)
+    s = [cell(rng, 1, 4.0, 0.01, 0.001), cell(rng, 2, 3.9, -0.02, 0.001)]  # Δ falls below 0 at the largest budget
+    out = growth_tested(s, samples=300, gate_loss={"e": 5.0})
+    assert out["factors"] is None and out["factors_past_gate"] is None and out["count"].against == 1

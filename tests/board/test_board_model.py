@@ -217,3 +217,22 @@ def test_which_checkpoint_on_the_same_tokens_is_decided_paired():
     b["tokens_digest"] = "other-ids"  # different tokens: only the intervals can be compared, and they overlap
     (best,) = best_checkpoints([a, b])
     assert best["clear"] is False and best["clear_by"] == "intervals"
+
+
+def test_eval_scopes_label_an_eval_of_few_documents():
+    """The board says which evals' intervals are for their documents only (fewer than 5: issue 21)."""
+    import numpy as np
+
+    from qsens.board.model import eval_scopes
+    from qsens.metrics.compare import encode_window_sums
+
+    def cell(ev, docs):
+        w = 4 * docs
+        sums = {"n_tokens": np.ones(w), "fp_nll": np.ones(w), "delta_nll": np.zeros(w),
+                "doc": np.repeat(np.arange(docs), 4)}
+        return {"eval": ev, "window_sums": encode_window_sums(sums)}
+
+    got = eval_scopes([cell("novels", 2), cell("wiki", 62), {"eval": "old"}])
+    assert got == [{"eval": "novels", "documents": 2, "scope": "these documents only"},
+                   {"eval": "old", "documents": 0, "scope": None},
+                   {"eval": "wiki", "documents": 62, "scope": "over documents"}]

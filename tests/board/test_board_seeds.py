@@ -112,3 +112,20 @@ def test_d_star_is_marked_only_beside_an_fp_fit_that_fits(seeded_site, tmp_path)
         svg = (tmp_path / f"{own}-{beside}.svg").read_text()
         assert ("D* (fit)" in svg) == marked, (own, beside)
         assert ("D* of the fit not shown" in caption) == (not marked)
+
+
+def test_a_family_is_plotted_with_the_families_holding_its_other_seeds():
+    """The micro family's seeds 1-2 come from a second manifest, hence a second family: seed_siblings joins
+    families of one fit group and schedule whose training seeds are disjoint, and nothing else."""
+    from qsens.board.model import seed_siblings
+
+    def cells(family, schedule, seeds, group="g"):
+        return [{"family": family, "schedule": schedule, "train_seed": s, "fit_group": group} for s in seeds]
+
+    all_cells = (cells("a", "cosine", [0]) + cells("a-seeds", "cosine", [1, 2]) + cells("b-seeds", "wsd", [1, 2])
+                 + cells("again", "cosine", [0]) + cells("other", "cosine", [3], group="h")
+                 + cells("hub", "cosine", [None]))
+    assert seed_siblings("a", all_cells) == {"a", "a-seeds"}
+    assert seed_siblings("a-seeds", all_cells) == {"a", "a-seeds", "again"}  # both hold seed 0; neither holds 1-2
+    assert seed_siblings("b-seeds", all_cells) == {"b-seeds"}
+    assert seed_siblings("hub", all_cells) == {"hub"}
