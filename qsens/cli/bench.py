@@ -41,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--max-tokens", type=int, default=8192, help="tokens of the text both tools score")
     s.add_argument("-k", type=int, default=2, help="quantized models scored in one sweep")
-    s.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median kept)")
+    s.add_argument("--rounds", type=int, default=4,
+                   help="interleaved rounds, order reversed every other one (median of per-round ratios)")
+    s.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the model's dtype (scoring accumulates in float32/float64 whatever it is)")
     s.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     s.add_argument("--device", help="default: cuda when available, else cpu")
     s.add_argument("--profile", action="store_true", help="add a torch-profiler table of one sweep")
@@ -102,6 +105,9 @@ def _score(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.rounds < 1:
+        print(f"--rounds must be >= 1, got {args.rounds}", file=sys.stderr)
+        return 2
     for m in args.models:
         if not (m / "config.json").exists():
             print(f"{m}: not a HF model folder (no config.json)", file=sys.stderr)
@@ -109,7 +115,7 @@ def _score(args: argparse.Namespace) -> int:
     device = torch.device(args.device) if args.device else None
     results = [score.run(m, args.text, context=args.context, batch_size=args.batch_size, max_tokens=args.max_tokens,
                          k=args.k, rounds=args.rounds, device=device, profile=args.profile,
-                         kl_compile=not args.eager_kl) for m in args.models]
+                         kl_compile=not args.eager_kl, dtype=args.dtype) for m in args.models]
     table = score.to_markdown(results, "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
                               else "qsens bench score")
     return _publish(table, results, args.out)
