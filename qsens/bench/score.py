@@ -96,14 +96,14 @@ def run(model_dir: str | Path, text_path: str | Path, *, context: int = 128, bat
     try:
         _choose_kl_kernel(kl_compile, int(model.config.vocab_size), device)
         out = _measure(model, tokenizer, text, tokens, qs, device, context, batch_size, k, rounds, DTYPES[dtype])
+        if profile:  # with the compare kernels the timed rounds used
+            out["profile"] = profile_sweep(model, qs, tokens, device, batch_size)
     finally:
         if saved is None:
             os.environ.pop("QSENS_KL_COMPILE_MIN", None)
         else:
             os.environ["QSENS_KL_COMPILE_MIN"] = saved
     out.update(model=str(model_dir), dtype=dtype)
-    if profile:
-        out["profile"] = profile_sweep(model, qs, tokens, device, batch_size)
     return out
 
 
@@ -157,20 +157,20 @@ def _measure(model, tokenizer, text, tokens, qs, device, context, batch_size, k,
 
 
 def _choose_kl_kernel(compiled: bool, V: int, device: torch.device) -> None:
-    """Force the fused (compiled) or eager KL kernel for this process, compiling before any timing: at real
-    sizes the runner compiles it too (`qsens.metrics.scoring._sums_fn`), the compile paid once per process."""
-    from qsens.metrics import scoring
+    """Force the compiled or the eager compare kernels (`qsens.metrics.fused`) for this process, compiling before
+    any timing: at real sizes the runner compiles them too, the compile paid once per process."""
+    from qsens.metrics import fused
 
     os.environ["QSENS_KL_COMPILE_MIN"] = "0" if compiled else "-1"
     if compiled:
-        z = torch.zeros(3, V, device=device)
-        scoring._compare(scoring._FpBatch.of(z), z, torch.zeros(3, dtype=torch.int64), scoring._sums_fn(0))
+        z, ks = torch.zeros(3, V, device=device), fused.kernels(0)
+        fused.compare(fused.fp_side(z, ks), z, torch.zeros(3, dtype=torch.int64, device=device), ks)
 
 
 def _kl_compiled() -> bool:
-    from qsens.metrics import scoring
+    from qsens.metrics import fused
 
-    return os.environ.get("QSENS_KL_COMPILE_MIN") == "0" and not scoring._COMPILED.get("failed")
+    return os.environ.get("QSENS_KL_COMPILE_MIN") == "0" and not fused._COMPILED.get("failed")
 
 
 def profile_sweep(model, qs, tokens, device, batch_size: int, top: int = 12) -> list[dict]:
