@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from qsens.families.placement import Placement
 from qsens.metrics.protocol import PRESETS, Protocol
 
 METRIC_NAMES = ("delta_loss", "ppl_ratio", "kl", "top1_agree", "bits_per_byte")
@@ -123,6 +124,8 @@ class FamilySpec(_Strict):
                                   "group under different schedules are compared, paired (default: the family)")
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    placement: Placement | None = Field(None, description="device_map / max_memory for models that do not fit "
+                                        "one device (the suite's placement when unset)")
     checkpoints: list[CheckpointSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -195,6 +198,7 @@ class SuiteSpec(_Strict):
     description: str = ""
     seed: int = Field(0, ge=0, le=INT64_MAX)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    placement: Placement | None = Field(None, description="device_map / max_memory of every family's models")
     families: list[FamilySpec] = Field(min_length=1)
     quantizers: list[dict] = Field(min_length=1, description="validated per method by qsens.suites.load")
     evals: list[EvalSpec] = Field(min_length=1)

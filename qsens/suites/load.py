@@ -182,7 +182,7 @@ def _manifest_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list
         out.append(
             Checkpoint(fam.name, c.name, str(manifest.checkpoint_dir(path, c)), None, c.n_params, c.tokens,
                        c.schedule, c.size, fam.dtype, fam.trust_remote_code, None,
-                       train_seed=c.seed, fit_group=fam.fit_group)
+                       train_seed=c.seed, fit_group=fam.fit_group, placement=fam.placement)
         )
     if not out:
         return [], [(f"{where}.select", f"selects no checkpoint of {path}")]
@@ -215,7 +215,7 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
         out.append(
             Checkpoint(fam.name, name, location, c.revision, c.n_params or fam.n_params, tokens,
                        c.schedule or fam.schedule, None, fam.dtype, fam.trust_remote_code, c.stage,
-                       fit_group=fam.fit_group)
+                       fit_group=fam.fit_group, placement=fam.placement)
         )
     return out, problems
 
@@ -367,6 +367,11 @@ def load_suite(path: str | Path) -> Suite:
     problems: list[tuple[str, str]] = _device_problems(spec)
     checkpoints: list[Checkpoint] = []
     for i, fam in enumerate(spec.families):
+        if fam.placement is None and spec.placement is not None:  # the suite's placement is every family's default
+            fam = fam.model_copy(update={"placement": spec.placement})
+        if fam.placement is not None and fam.placement.offload_folder:  # relative to the suite file, as paths are
+            folder = str((base / fam.placement.offload_folder).resolve())
+            fam = fam.model_copy(update={"placement": fam.placement.model_copy(update={"offload_folder": folder})})
         found, p = _family_checkpoints(fam, f"families[{i}]", base)
         checkpoints += found
         problems += p

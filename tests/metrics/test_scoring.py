@@ -29,10 +29,10 @@ class TableModel(torch.nn.Module):
         return SimpleNamespace(logits=self.table[input_ids])
 
 
-def _tables(seed: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _tables(seed: int, noise: float, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     fp = torch.randn(128, V, generator=g) * 3
-    return fp, fp + torch.randn(128, V, generator=g) * noise
+    return fp, fp + torch.randn(128, V, generator=g) * noise + shift
 
 
 def _tokens(n_chars: int, seed: int = 0):
@@ -40,11 +40,13 @@ def _tokens(n_chars: int, seed: int = 0):
     return text, build_eval_tokens(text, CharTokenizer(), Protocol(context_length=64, stride=64))
 
 
-@pytest.mark.parametrize("noise,compiled", [(1e-3, False), (1.0, False), (1e-3, True)])
-def test_kl_matches_float64_at_real_vocab(noise, compiled, monkeypatch):
-    """KL ~1e-6 (an 8-bit model) to ~1 (2-bit), by the eager kernel and by the torch.compile'd one."""
+@pytest.mark.parametrize("noise,compiled,shift", [(1e-3, False, 0.0), (1.0, False, 0.0), (1e-3, True, 0.0),
+                                                  (1e-3, False, 7.0)])
+def test_kl_matches_float64_at_real_vocab(noise, compiled, shift, monkeypatch):
+    """KL ~1e-6 (an 8-bit model) to ~1 (2-bit), by the eager kernel and by the torch.compile'd one; with every
+    quantized logit shifted by 7 (KL unchanged, but sum p e = 7 and sum p expm1(e) ~ 1e3 must cancel to ~1e-6)."""
     monkeypatch.setenv("QSENS_KL_COMPILE_MIN", "0" if compiled else "-1")
-    fp, q = _tables(1, noise)
+    fp, q = _tables(1, noise, shift)
     text, tokens = _tokens(500)
     ref, out = score_together(TableModel(fp), {"q": TableModel(q)}, tokens, torch.device("cpu"), batch_size=3)
     ids = np.array([ord(c) for c in text])
@@ -57,6 +59,7 @@ def test_kl_matches_float64_at_real_vocab(noise, compiled, monkeypatch):
     assert kl.mean() == pytest.approx(kl64.mean(), rel=1e-4)
     np.testing.assert_allclose(kl, kl64, rtol=1e-3, atol=1e-9)
     np.testing.assert_allclose(ref.nll, -lp[np.arange(t.size), ids[t]], rtol=1e-6)
+    np.testing.assert_allclose(out["q"].nll, -lq[np.arange(t.size), ids[t]], rtol=1e-6)
     # the one-model entry point gives the same numbers
     one = score_quantized(TableModel(q), tokens, ref, torch.device("cpu"), batch_size=5)
     np.testing.assert_allclose(one.kl, kl, rtol=1e-9, atol=1e-15)
@@ -94,3 +97,22 @@ def test_peak_memory_does_not_grow_with_the_eval_length():
     small, large = _peak_for(600, fp, q), _peak_for(2_400, fp, q)
     stored_growth = (2_400 - 600) * V * 4  # what keeping fp logits would add
     assert large - small < 0.05 * stored_growth, (small, large)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_are_scored_in_float32_and_float64(dtype):
+    """A bf16/fp16 model's logits are upcast before any softmax: losses and KL equal float64 computed from the
+    very same half-precision logits (a half-precision log-softmax would be off by ~1e-2)."""
+    g = torch.Generator().manual_seed(5)
+    vocab = 4096
+    fp = (torch.randn(128, vocab, generator=g) * 3).to(dtype)
+    q = (fp.float() + torch.randn(128, vocab, generator=g) * 0.05).to(dtype)
+    text, tokens = _tokens(300)
+    ref, out = score_together(TableModel(fp), {"q": TableModel(q)}, tokens, torch.device("cpu"), batch_size=4)
+    ids = np.array([ord(c) for c in text])
+    t = np.array([i for i in range(1, len(ids)) if i % 64 != 0])
+    lp = log_softmax(fp.double().numpy()[ids[t - 1]], axis=-1)
+    lq = log_softmax(q.double().numpy()[ids[t - 1]], axis=-1)
+    np.testing.assert_allclose(ref.nll, -lp[np.arange(t.size), ids[t]], rtol=1e-6)
+    np.testing.assert_allclose(out["q"].nll, -lq[np.arange(t.size), ids[t]], rtol=1e-6)
+    np.testing.assert_allclose(out["q"].kl, (np.exp(lp) * (lp - lq)).sum(-1), rtol=1e-4, atol=1e-9)
