@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qsens.families.placement import Placement
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -26,8 +28,9 @@ class Checkpoint:
     stage: str | None = None  # training stage (e.g. OLMo-2 'stage1' stable vs 'stage2' anneal), a covariate
     train_seed: int | None = None  # the manifest's training seed (init and data order); None for hub checkpoints
     fit_group: str | None = None  # the family's fit group (FamilySpec.fit_group; None: the family itself)
-    # families.placement.Placement when the model is spread over devices; changes no number, so not compared
-    placement: object | None = field(default=None, compare=False, hash=False)
+    # how the model is spread over devices (None: all on the suite's device); not compared, as it changes where the
+    # arithmetic runs, not what it is (qsens.families.placement), so a placed checkpoint is the same checkpoint
+    placement: Placement | None = field(default=None, compare=False, hash=False)
 
     @property
     def is_local(self) -> bool:

@@ -8,6 +8,12 @@ fit in memory at once, and its memory is (models + one batch of logits), indepen
 
 The compare step (fp log-sum-exp, per-model loss, KL(fp || q), argmax) is `qsens.metrics.fused`: one pass over
 the vocabulary per model and batch, sums in float64, KL within 5e-7 relative of float64 log-softmaxes.
+
+Model dtype: a bfloat16 or float16 model's logits are taken to float32 before anything else (`_scored_logits`),
+so no softmax, log-sum-exp or KL term is ever formed in half precision (on bfloat16 logits over 4,096 tokens a
+bfloat16 log-softmax was off by up to 0.07 and this KL by 10%); what is measured is the model's own half-precision
+logits, scored as exactly as float32 ones (tests/metrics/test_scoring.py, tests/families/test_placement.py:
+against float64 from the same logits).
 """
 
 from __future__ import annotations
@@ -86,9 +92,10 @@ def _batch_plan(tokens: EvalTokens, batch_size: int, device: torch.device):
 
 
 def kl_divergence(z_fp: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(z_fp) || softmax(z_q)) per row: float32 logits [n, V] -> float64 [n]."""
+    """KL(softmax(z_fp) || softmax(z_q)) per row: logits [n, V] of any float dtype (taken to float32 first, as
+    `_scored_logits` does) -> float64 [n]."""
     dummy = torch.zeros(z_fp.shape[0], dtype=torch.int64, device=z_fp.device)
-    return fused.compare(fused.fp_side(z_fp), z_q, dummy)[1]
+    return fused.compare(fused.fp_side(z_fp.float()), z_q.float(), dummy)[1]
 
 
 def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], tokens: EvalTokens,
@@ -141,7 +148,12 @@ def score_together(fp_model, q_models: Mapping[Hashable, torch.nn.Module], token
 
 
 def _device_of(model: torch.nn.Module, default: torch.device) -> torch.device:
-    """Where a model's input ids must go: its first parameter's device (a sharded model takes them there)."""
+    """Where a model's input ids must go: a placed model's main device (qsens.families.placed: its hooks move
+    activations on from there; its first parameter may be offloaded, on 'meta'), else its first parameter's."""
+    hook = getattr(model, "_hf_hook", None)
+    if hook is not None and getattr(hook, "execution_device", None) is not None:
+        d = hook.execution_device
+        return torch.device(f"cuda:{d}" if isinstance(d, int) else d)
     p = next(model.parameters(), None)
     return p.device if p is not None else default
 

@@ -78,6 +78,8 @@ class CheckpointSpec(_Strict):
     schedule: str | None = None
     stage: str | None = Field(None, description="training stage, e.g. 'stable' or 'anneal' (default: from an "
                               "OLMo-2 revision name 'stage1-...')")
+    placement: Placement | None = Field(None, description="device_map / max_memory of this checkpoint (default: "
+                                        "the family's, else the suite's)")
 
     @model_validator(mode="before")
     @classmethod
@@ -125,7 +127,7 @@ class FamilySpec(_Strict):
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     placement: Placement | None = Field(None, description="device_map / max_memory for models that do not fit "
-                                        "one device (the suite's placement when unset)")
+                                        "one device (default: the suite's)")
     checkpoints: list[CheckpointSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -205,6 +207,21 @@ class SuiteSpec(_Strict):
     metrics: list[Literal[METRIC_NAMES + OPTIONAL_METRICS]] = Field(default_factory=lambda: list(METRIC_NAMES))  # type: ignore[valid-type]
     bootstrap: BootstrapSpec = BootstrapSpec()
     calibration: CalibrationSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _placement_default(cls, data):
+        """The suite's placement is that of every family without its own (a checkpoint's own still wins). Copied
+        only when valid: a wrong one is reported once, at `placement`."""
+        if not isinstance(data, dict) or data.get("placement") is None or not isinstance(data.get("families"), list):
+            return data
+        try:
+            Placement.model_validate(data["placement"], strict=True)
+        except ValueError:
+            return data
+        return {**data, "families": [{**f, "placement": data["placement"]}
+                                     if isinstance(f, dict) and f.get("placement") is None else f
+                                     for f in data["families"]]}
 
     @model_validator(mode="after")
     def _unique_names(self) -> "SuiteSpec":
