@@ -204,3 +204,21 @@ def test_untested_methods_are_refused_on_a_placed_checkpoint(tmp_path):
         load_suite(_suite(tmp_path, "placement: {device_map: auto}",
                           quantizers="{method: bnb, quant_type: nf4, blocksize: 64}"))
     assert "'bnb' is not supported on a placed checkpoint" in str(err.value) and "rtn, noise, cast" in str(err.value)
+
+
+def test_a_placed_group_needs_room_on_every_device(monkeypatch):
+    """One more quantized copy stays resident only while every device of the map has twice its share free (one for
+    the copy, one for the next method's working copy); the first always does."""
+    from qsens.families import placed
+    from qsens.runner.checkpoint import LoadedCheckpoint
+
+    state = object.__new__(LoadedCheckpoint)  # only what room_for_another reads
+    state.placed, state.bytes_by_device = True, {"cuda:0": 100, "cpu": 300, "disk": 50}
+    state.ckpt = _ckpt(Placement(device_map="auto", offload_folder="/scratch"))
+    free = {"cuda:0": 201, "cpu": 601, "disk": 101}
+    monkeypatch.setattr(placed, "free_bytes", lambda d, folder: free[d] if folder == "/scratch" else 0)
+    assert state.room_for_another(0) and state.room_for_another(1)
+    for device in free:
+        monkeypatch.setitem(free, device, free[device] - 2)  # one device short is enough to say no
+        assert state.room_for_another(0) and not state.room_for_another(1), device
+        monkeypatch.setitem(free, device, free[device] + 2)
