@@ -3,17 +3,25 @@
 On a loaded machine (the normal case: qsens runs beside other work) throughput drifts by 2x within minutes, so
 separate medians of long steps taken in a fixed order compare different machines. Here each round runs every
 step once (A, B, C, then C, B, A, ...), a ratio is formed within each round, and what is reported is the list of
-per-round ratios with their median, in process CPU time (what the step itself consumed: a busy neighbour steals
+per-round ratios with their median, in CPU time (what the step itself consumed: a busy neighbour steals
 wall time, not CPU time) beside wall time, with the load average at the start of each round.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and of its children that have ended and been waited for
+    (a step that runs a worker pool and joins it is counted whole)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def load_average() -> list[float]:
@@ -59,7 +67,8 @@ def interleave(steps: dict[str, Callable[[], object]], rounds: int, sync: Callab
     every step once first, untimed (first calls pay for lazy imports, allocator growth, kernel selection).
 
     sync (e.g. torch.cuda.synchronize) runs before each clock is read, so queued GPU work is counted.
-    CPU time is the whole process's (`time.process_time`): with one torch thread it is the step's own work.
+    CPU time is the whole process's and its joined children's (`cpu_seconds`): with one torch thread it is the
+    step's own work.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -74,10 +83,10 @@ def interleave(steps: dict[str, Callable[[], object]], rounds: int, sync: Callab
         for name in order:
             if sync:
                 sync()
-            w0, c0 = time.perf_counter(), time.process_time()
+            w0, c0 = time.perf_counter(), cpu_seconds()
             out.results[name] = steps[name]()
             if sync:
                 sync()
-            out.cpu[name].append(time.process_time() - c0)
+            out.cpu[name].append(cpu_seconds() - c0)
             out.wall[name].append(time.perf_counter() - w0)
     return out
