@@ -5,8 +5,10 @@ each time, so nothing is skipped as already done. The baseline is each checkpoin
 text of the suite once, with no quantizer and no KL (`score_reference(..., keep_logits=False)`, the fp pass of
 `qsens bench score`), on the very tokens the suite scored. Both run in interleaved rounds (`qsens.bench.timing`:
 suite then baseline, then baseline then suite, ...), after one untimed baseline that pays what a process pays
-once (imports, tokenizers, building the eval tokens, which the suite then reuses). The first suite run also
-compiles the compare kernels (`qsens.metrics.fused`): its round is usually the dearest.
+once (imports, tokenizers, building the eval tokens, which the suite then reuses). A timed baseline step also
+loads each checkpoint, as the suite does once per checkpoint (on micro checkpoints ~0.06 of its 1.75 s). The
+first suite run also compiles the compare kernels (`qsens.metrics.fused`): its round is the dearest (micro, one
+checkpoint: 9.4 fp passes against 5.3 and 5.8 in the next two), so `qsens bench suite` takes the median of 3.
 
 Figures (ratios per round, median beside them; CPU time of this process, wall time beside it):
     fp_passes         suite seconds / baseline seconds: the suite's cost in fp passes per checkpoint (all evals)
@@ -88,7 +90,7 @@ def run(suite: Suite | str | Path = DEFAULT_SUITE, *, threads: int | None = 1, r
         limit_checkpoints: int | None = None, results_dir: str | Path | None = None) -> dict:
     """`rounds` interleaved rounds of the suite (the first into `results_dir`, which must be empty or absent;
     default and later rounds: temporary folders, removed after) and the fp baseline; every figure of the module
-    docstring. `threads` sets torch's thread count for the run only (None: torch's; default 1, as `qsens run`)."""
+    docstring (the CLI's default is 3 rounds: see there). `threads` sets torch's thread count for the run only (None: torch's; default 1, as `qsens run`)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     saved = torch.get_num_threads()
@@ -204,7 +206,7 @@ def to_markdown(r: dict, command: str) -> str:
         f"| cells | {r['cells']} of {r['planned']} planned ({status}) |",
         f"| suite wall time (median round) | {r['suite_seconds']:.1f} s |",
         f"| cells/s | {r['cells_per_s']:.3f} |",
-        f"| fp pass, all checkpoints (median round) | {r['baseline_seconds']:.1f} s |",
+        f"| fp baseline, all checkpoints, loading included (median round) | {r['baseline_seconds']:.1f} s |",
         f"| suite cost, fp passes per checkpoint | {_rounds(r['fp_passes_rounds'])} (ideal 1 + k = "
         f"{r['ideal_fp_passes']}, goal ≤ 1.1·(1 + k) = {r['goal_fp_passes']:.1f}) |",
         f"| building eval tokens, once per process | {r['tokenize_seconds']:.1f} s (not in the rounds) |",

@@ -55,8 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("suite", nargs="?", type=Path, default=Path("suites/micro.yaml"), help="default: %(default)s")
     u.add_argument("--threads", type=int, default=1,
                    help="torch threads (default: %(default)s, as `qsens run` gives each worker)")
-    u.add_argument("--rounds", type=int, default=2,
-                   help="interleaved rounds of suite and baseline, order reversed every other one")
+    u.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds of suite and baseline, order reversed every other one (default "
+                        "%(default)s: the first suite run also compiles the compare kernels, and the median of "
+                        "three leaves that round out)")
     u.add_argument("--limit-checkpoints", type=int, metavar="N", help="only the suite's first N checkpoints")
     u.add_argument("--out", type=Path, help="write the Markdown report here and its data beside it (.json)")
     t = sub.add_parser("train", help="training tokens per CPU-second, fast vs HF trainer, and the matmul-rate share")

@@ -85,6 +85,16 @@ def test_cli_writes_report_and_json(tiny_suite, tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
+def test_cli_defaults_to_one_thread_and_three_rounds(tiny_suite, monkeypatch):
+    """One torch thread, as `qsens run` gives each worker; three rounds, so the median leaves out the round whose
+    suite run compiled the compare kernels."""
+    seen = {}
+    monkeypatch.setattr(bench_suite, "run", lambda suite, **kwargs: seen.update(kwargs) or {})  # no work done
+    monkeypatch.setattr(bench_suite, "to_markdown", lambda r, command: "")
+    assert cli_main(["bench", "suite", str(tiny_suite)]) == 0
+    assert seen["threads"] == 1 and seen["rounds"] == 3 and seen["limit_checkpoints"] is None
+
+
 @pytest.fixture
 def layer_suite(tmp_path):
     """Two micro checkpoints, RTN 2-bit on 10 layer sets (whole, 2 blocks, 7 kinds), two short eval texts."""
