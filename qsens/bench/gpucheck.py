@@ -9,9 +9,15 @@ Steps (each a subprocess with its own time limit, so one hang cannot eat the oth
     standins   Pythia-160M/-410M and OLMo-2 1B stand-ins (real shapes, random weights) end to end: cells/hour,
                peak RSS / GPU memory / temp disk per cell
     ray        the micro suite through `--executor ray` with one GPU (or, on CPU, one CPU) worker
-    score      `qsens bench score`: tokens/s vs lm-eval's loglikelihood_rolling, micro and Pythia-160M shape
+    placed     the Pythia-410M stand-in placed over GPU and host memory (device_map), equal to one device
+    cells-1b   cells/hour at Pythia-1B shape (RTN, bnb, noise)
+    score      `qsens bench score --dtype float32|bfloat16`: fp pass and cell as a share of the matmul peak,
+               fp passes per sweep, the lm-eval ratio (qsens.bench.scalecheck has these last three)
 On CPU the CUDA-only steps are skipped and the others run in a reduced form (`--reduced` forces that form on
 CUDA too). Exit status 0 only when no step failed; the report is REPORT.md + report.json in --out.
+
+Issue 24's check, unattended on one GPU in about eight minutes (`--budget` caps every step's time limit by what
+is left, and skips the steps it cannot start):  scripts/gpu-check --only env placed cells-1b score --budget 480
 """
 
 from __future__ import annotations
@@ -32,8 +38,14 @@ REPO = Path(__file__).resolve().parents[2]
 NEEDED = ("gptqmodel", "bitsandbytes", "ray", "lm_eval", "pytest", "pytest_benchmark")
 
 
+# perf_counter() time by which every command must end (--budget); None: each step's own limits only
+DEADLINE: list[float | None] = [None]
+
+
 def _cmd(args: list[str], timeout: int, cwd: Path = REPO, env: dict | None = None) -> dict:
     t0 = time.perf_counter()
+    if DEADLINE[0] is not None:
+        timeout = max(1, min(timeout, int(DEADLINE[0] - t0)))
     try:
         p = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                            env={**os.environ, **(env or {})})
@@ -73,8 +85,10 @@ def kernel_step(py: str) -> dict:
     return {"status": "ok" if r["rc"] == 0 else "failed", "figures": {"kernel": data}, **r}
 
 
-def _suite(folder: Path, families: str, quantizers: str, evals: str, device: str, calibration: bool = True) -> Path:
-    body = f"name: {folder.name}\nseed: 0\ndevice: {device}\nfamilies:\n{families}quantizers:\n{quantizers}evals:\n{evals}"
+def _suite(folder: Path, families: str, quantizers: str, evals: str, device: str, calibration: bool = True,
+           extra: str = "") -> Path:
+    body = (f"name: {folder.name}\nseed: 0\ndevice: {device}\n{extra}families:\n{families}quantizers:\n{quantizers}"
+            f"evals:\n{evals}")
     if calibration:
         body += f"calibration: {{path: {REPO}/data/novels/TomJones.txt.gz}}\n"
     body += "bootstrap: {samples: 200}\n"
@@ -162,15 +176,10 @@ def standins_step(py: str, out: Path, cuda: bool, reduced: bool) -> dict:
     return {"status": "failed" if bad else "ok", "figures": fig, **r}
 
 
-def score_step(py: str, out: Path, work: Path, reduced: bool) -> dict:
-    micro = REPO / "checkpoints/micro/s64/cosine/s64-cosine-d008.000M"
-    standin = work / "standins" / "pythia-160m"
-    models = [str(micro)] + ([str(standin)] if not reduced and standin.exists() else [])
-    r = _cmd([py, "-m", "qsens", "bench", "score", *models, "--max-tokens", "1024" if reduced else "16384",
-              "--rounds", "1" if reduced else "3", "--out", str(out / "score.md")]
-             + (["--eager-kl"] if reduced else []), 420)  # reduced: skip the ~20 s compile of the KL kernel
-    data = json.loads((out / "score.json").read_text()) if r["rc"] == 0 else None
-    return {"status": "ok" if r["rc"] == 0 else "failed", "figures": {"score": data}, **r}
+def score_step(py: str, out: Path, work: Path, cuda: bool, reduced: bool) -> dict:
+    from qsens.bench import scalecheck
+
+    return scalecheck.score_step(py, out, work, cuda, reduced)
 
 
 def to_markdown(report: dict) -> str:
@@ -191,16 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "results/gpu-check")
     p.add_argument("--reduced", action="store_true", help="the CPU form's small sizes, even on CUDA")
     p.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
+    p.add_argument("--only", nargs="*", help="run only these steps (the others are reported as skipped)")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="wall-time cap for the whole command: each step's limit is cut to what is left")
     p.add_argument("--keep-work", action="store_true", help="keep the work folder (stand-in models, results)")
     args = p.parse_args(argv)
     import torch
+
+    from qsens.bench import scalecheck
 
     cuda = torch.cuda.is_available()
     reduced = args.reduced or not cuda
     py = sys.executable
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("REPORT.md", "report.json", "score.md", "score.json"):
+    for stale in ["REPORT.md", "report.json"] + [f"score-{d}.{e}" for d in scalecheck.DTYPES for e in ("md", "json")]:
         (out / stale).unlink(missing_ok=True)
     # models and results go to a scratch folder: out keeps only the report (small enough to commit)
     work = Path(tempfile.mkdtemp(prefix="qsens-gpu-check-"))
@@ -214,11 +228,20 @@ def main(argv: list[str] | None = None) -> int:
         ("micro", lambda: micro_step(py, work, cuda, reduced)),
         ("standins", lambda: standins_step(py, work, cuda, reduced)),
         ("ray", lambda: micro_step(py, work, cuda, True, executor="ray")),
-        ("score", lambda: score_step(py, out, work, reduced)),
+        ("placed", lambda: scalecheck.placed_step(py, work, cuda, reduced)),
+        ("cells-1b", lambda: scalecheck.cells_1b_step(py, work, cuda, reduced)),
+        ("score", lambda: score_step(py, out, work, cuda, reduced)),
     ]
+    unknown = (set(args.skip) | set(args.only or ())) - {n for n, _ in steps}
+    if unknown:
+        p.error(f"unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(n for n, _ in steps)}")
+    DEADLINE[0] = t0 + args.budget if args.budget else None
     for name, fn in steps:
-        if name in args.skip:
-            report["steps"][name] = {"status": "skipped", "detail": "--skip"}
+        if name in args.skip or (args.only is not None and name not in args.only):
+            report["steps"][name] = {"status": "skipped", "detail": "--skip" if name in args.skip else "--only"}
+            continue
+        if DEADLINE[0] is not None and time.perf_counter() > DEADLINE[0] - 5:
+            report["steps"][name] = {"status": "failed", "detail": f"not started: --budget {args.budget:.0f} s spent"}
             continue
         print(f"gpu-check: {name} ...", flush=True)
         t = time.perf_counter()

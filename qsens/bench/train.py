@@ -3,8 +3,9 @@ machine's fp32 matmul rate the fast one reaches, in one process.
 
 Per size of a ladder spec: both trainers start from the same weights (one seed) and train on the same random
 batches of the spec's vocabulary through the real `train_steps`. Rounds alternate the two (HF first in even
-rounds, the fast trainer first in odd ones) and each block of `steps` steps is timed in CPU seconds of this
-process (`time.process_time`), so a loaded machine slows both alike; the median block is kept.
+rounds, the fast trainer first in odd ones, `qsens.bench.timing`) and each block of `steps` steps is timed in
+CPU seconds of this process beside wall time, with the load, so a loaded machine slows both alike; rates use
+the median block, the speedup is also given per round (CPU and wall).
 
 FLOPs of a step (Kaplan et al. 2020, PaLM's MFU counting, non-causal attention):
     6 T (N_linear + V H) + 12 L B S^2 H,   T = B S tokens, N_linear = every q/k/v/o/gate/up/down weight
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from qsens import blas
+from qsens.bench.timing import interleave
 
 
 def linear_shapes(hidden: int, mlp: int, layers: int, vocab: int) -> list[tuple[int, int]]:
@@ -84,18 +86,18 @@ def run_size(size, spec, steps: int, rounds: int, seed: int = 0) -> dict:
     data = DataOrder(np.random.default_rng(seed).integers(1, spec.vocab_size, 3_000_000), spec, seed=seed)
     models = _models(size, spec, seed)
     quiet, lr = (lambda m: None), (lambda s: 1e-3)
-    cpu: dict[str, list[float]] = {"hf": [], "fast": []}
-    step = 0
-    for trainer, (model, opt) in models.items():  # one untimed step each: allocations, first-call costs
+    done = {"hf": 1, "fast": 1}  # steps each trainer has taken (one untimed step each: allocations, first calls)
+
+    def block(trainer: str) -> None:
+        model, opt = models[trainer]
+        first = done[trainer]
+        train_steps(model, opt, data, range(first, first + steps), lr, None, quiet, 1.0, save_every_s=1e12)
+        done[trainer] += steps
+
+    for trainer, (model, opt) in models.items():
         train_steps(model, opt, data, range(0, 1), lr, None, quiet, 1.0, save_every_s=1e12)
-    for r in range(rounds):
-        order = ["hf", "fast"] if r % 2 == 0 else ["fast", "hf"]
-        for trainer in order:
-            model, opt = models[trainer]
-            t0 = time.process_time()
-            train_steps(model, opt, data, range(1 + step, 1 + step + steps), lr, None, quiet, 1.0, save_every_s=1e12)
-            cpu[trainer].append(time.process_time() - t0)
-        step += steps
+    timed = interleave({"hf": lambda: block("hf"), "fast": lambda: block("fast")}, rounds, warmup=False)
+    cpu = timed.cpu
     tps = spec.tokens_per_step
     rate = {t: steps * tps / statistics.median(v) for t, v in cpu.items()}
     flops = step_flops(size.hidden, size.mlp, size.layers, spec.vocab_size, spec.batch_size, spec.sequence_length)
@@ -108,6 +110,7 @@ def run_size(size, spec, steps: int, rounds: int, seed: int = 0) -> dict:
             "hf_gflop_per_s": round(rate["hf"] / tps * flops / 1e9, 2),
             "matmul_gflop_per_s_same_shapes": round(peak / 1e9, 2), "share_of_matmul_rate": round(fast_flops / peak, 3),
             "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()}, "steps_per_block": steps,
+            "speedup_rounds": timed.figure(lambda x: x["hf"] / x["fast"]), "timing": timed.as_dict(),
             "rounds": rounds}
 
 
@@ -164,12 +167,16 @@ def to_markdown(data: dict, command: str) -> str:
              f"1 thread ({data['threads']}), BLAS route `{data['blas_route']}`, CPU {data['vendor']} ({data['cpu']}); "
              f"sgemm 1024^3: {data['sgemm_1024_gflop_per_s']} GFLOP/s (CPU time). Tokens per CPU-second, "
              f"median of interleaved blocks; only ratios are results on a shared machine.", "",
-             "| size | HF tok/CPU-s | fast tok/CPU-s | speedup | fast GFLOP/s | matmul GFLOP/s, same shapes | share |",
-             "|---|---|---|---|---|---|---|"]
+             "| size | HF tok/CPU-s | fast tok/CPU-s | speedup (per round) | fast GFLOP/s | matmul GFLOP/s, same "
+             "shapes | share | load (1 min) per round |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in data["sizes"]:
+        per = s["speedup_rounds"]
+        rounds = ", ".join(f"{v:.2f}" for v in per["cpu"]["rounds"])
         lines.append(f"| {s['size']} | {s['tokens_per_cpu_s_hf']:,} | {s['tokens_per_cpu_s_fast']:,} | "
-                     f"{s['speedup']:.2f}x | {s['fast_gflop_per_s']} | {s['matmul_gflop_per_s_same_shapes']} | "
-                     f"{s['share_of_matmul_rate']:.0%} |")
+                     f"{s['speedup']:.2f}x ({rounds}; wall {per['wall']['median']:.2f}x) | {s['fast_gflop_per_s']} | "
+                     f"{s['matmul_gflop_per_s_same_shapes']} | {s['share_of_matmul_rate']:.0%} | "
+                     f"{', '.join(f'{ld[0]:.1f}' for ld in s['timing']['load'] if ld)} |")
     if "blas_routes_gflop_per_s" in data:
         med = {k: statistics.median(v) for k, v in data["blas_routes_gflop_per_s"].items()}
         lines += ["", f"BLAS routes, GEMMs of {data['blas_routes_size']} (GFLOP/s per round, fresh processes): "

@@ -41,15 +41,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--max-tokens", type=int, default=8192, help="tokens of the text both tools score")
     s.add_argument("-k", type=int, default=2, help="quantized models scored in one sweep")
-    s.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median kept)")
-    s.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    s.add_argument("--rounds", type=int, default=4,
+                   help="interleaved rounds, order reversed every other one (median of per-round ratios)")
+    s.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the model's dtype (scoring accumulates in float32/float64 whatever it is)")
+    s.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default: %(default)s, as `qsens run` gives each worker)")
     s.add_argument("--device", help="default: cuda when available, else cpu")
     s.add_argument("--profile", action="store_true", help="add a torch-profiler table of one sweep")
     s.add_argument("--eager-kl", action="store_true", help="the eager KL kernel instead of the compiled one")
     s.add_argument("--out", type=Path, help="write the Markdown table here and its data beside it (.json)")
     u = sub.add_parser("suite", help="a suite's wall time and cells/s, in fp passes per checkpoint (same run)")
     u.add_argument("suite", nargs="?", type=Path, default=Path("suites/micro.yaml"), help="default: %(default)s")
-    u.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    u.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default: %(default)s, as `qsens run` gives each worker)")
+    u.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds of suite and baseline, order reversed every other one (default "
+                        "%(default)s: the first suite run also compiles the compare kernels, and the median of "
+                        "three leaves that round out)")
     u.add_argument("--limit-checkpoints", type=int, metavar="N", help="only the suite's first N checkpoints")
     u.add_argument("--out", type=Path, help="write the Markdown report here and its data beside it (.json)")
     t = sub.add_parser("train", help="training tokens per CPU-second, fast vs HF trainer, and the matmul-rate share")
@@ -100,8 +109,11 @@ def _score(args: argparse.Namespace) -> int:
 
     from qsens.bench import score
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    for flag, value in (("--rounds", args.rounds), ("--threads", args.threads)):
+        if value < 1:
+            print(f"{flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    torch.set_num_threads(args.threads)
     for m in args.models:
         if not (m / "config.json").exists():
             print(f"{m}: not a HF model folder (no config.json)", file=sys.stderr)
@@ -109,7 +121,7 @@ def _score(args: argparse.Namespace) -> int:
     device = torch.device(args.device) if args.device else None
     results = [score.run(m, args.text, context=args.context, batch_size=args.batch_size, max_tokens=args.max_tokens,
                          k=args.k, rounds=args.rounds, device=device, profile=args.profile,
-                         kl_compile=not args.eager_kl) for m in args.models]
+                         kl_compile=not args.eager_kl, dtype=args.dtype) for m in args.models]
     table = score.to_markdown(results, "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
                               else "qsens bench score")
     return _publish(table, results, args.out)
@@ -119,14 +131,15 @@ def _suite(args: argparse.Namespace) -> int:
     from qsens.bench import suite
     from qsens.cli.validate import load_or_report
 
-    for flag, value in (("--limit-checkpoints", args.limit_checkpoints), ("--threads", args.threads)):
+    for flag, value in (("--limit-checkpoints", args.limit_checkpoints), ("--threads", args.threads),
+                        ("--rounds", args.rounds)):
         if value is not None and value < 1:
             print(f"{flag} must be >= 1, got {value}", file=sys.stderr)
             return 2
     loaded = load_or_report(str(args.suite))
     if loaded is None:
         return 2
-    result = suite.run(loaded, threads=args.threads, limit_checkpoints=args.limit_checkpoints)
+    result = suite.run(loaded, threads=args.threads, rounds=args.rounds, limit_checkpoints=args.limit_checkpoints)
     table = suite.to_markdown(result, "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
                               else "qsens bench suite")
     return _publish(table, result, args.out)

@@ -7,8 +7,10 @@ cells by `checkpoint_fingerprint`, so a changed weight file is a new cell, never
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from qsens.families.placement import Placement
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class Checkpoint:
     stage: str | None = None  # training stage (e.g. OLMo-2 'stage1' stable vs 'stage2' anneal), a covariate
     train_seed: int | None = None  # the manifest's training seed (init and data order); None for hub checkpoints
     fit_group: str | None = None  # the family's fit group (FamilySpec.fit_group; None: the family itself)
+    # how the model is spread over devices (None: all on the suite's device); not compared, as it changes where the
+    # arithmetic runs, not what it is (qsens.families.placement), so a placed checkpoint is the same checkpoint
+    placement: Placement | None = field(default=None, compare=False, hash=False)
 
     @property
     def is_local(self) -> bool:

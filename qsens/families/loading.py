@@ -32,14 +32,17 @@ def load_tokenizer(ckpt: Checkpoint):
 
 
 def load_model(ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
-    """The model in its checkpoint dtype, in eval mode, on `device`."""
+    """The model in its checkpoint dtype, in eval mode, on `device`; or, with a placement
+    (qsens.families.placement), spread over the devices its device_map names (accelerate), `device` unused."""
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
+    placed = ckpt.placement.from_pretrained_kwargs() if ckpt.placement is not None else {}
     model, info = AutoModelForCausalLM.from_pretrained(ckpt.location, **pretrained_kwargs(ckpt),
-                                                       dtype=getattr(torch, ckpt.dtype), output_loading_info=True)
+                                                       dtype=getattr(torch, ckpt.dtype), output_loading_info=True,
+                                                       **placed)
     check_loading_info(model, info, ckpt.location)
-    return model.to(device).eval()
+    return model.eval() if placed else model.to(device).eval()
 
 
 class WeightsMismatch(RuntimeError):

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from qsens.families.checkpoint import Checkpoint
+from qsens.families import placed
 from qsens.families.loading import load_model, load_tokenizer
 from qsens.metrics.resources import available_bytes, model_bytes
 from qsens.metrics.text import TextTooLarge, limit_reason, read_text, text_limit
@@ -93,7 +94,10 @@ class LoadedCheckpoint:
         self.suite, self.ckpt, self.device = suite, ckpt, device
         self.tokenizer = load_tokenizer(ckpt)
         self.model = load_model(ckpt, device)
-        self.model_bytes = model_bytes(self.model)
+        self.placed = placed.is_placed(self.model)
+        # per device of a placed model's map; a quantized copy is placed on the same map, so takes the same again
+        self.bytes_by_device = placed.bytes_by_device(self.model) if self.placed else {}
+        self.model_bytes = sum(self.bytes_by_device.values()) if self.placed else model_bytes(self.model)
         self.tokens: dict[str, EvalTokens] = {}
         self.calibration: Callable[[int, int], torch.Tensor] | None = None
 
@@ -120,14 +124,25 @@ class LoadedCheckpoint:
             fp_model=self.model, tokenizer=self.tokenizer, device=self.device, seed=self.suite.spec.seed, calibration=self.calibration,
             checkpoint_dir=self.ckpt.location if self.ckpt.is_local else None,
         )
-        return quantize_selected(method_module(settings.method), ctx, settings)  # only its layer set, if any
+        if not self.placed:
+            return quantize_selected(method_module(settings.method), ctx, settings)  # only its layer set, if any
+        with placed.onloaded(self.model):  # the copy the method makes holds real weights, where fp's are offloaded
+            result = quantize_selected(method_module(settings.method), ctx, settings)
+        result.model = placed.place_like(result.model, self.model, self.ckpt.placement.offload_folder)
+        result.details["placement"] = placed.describe(result.model)
+        return result
 
     def room_for_another(self, resident: int) -> bool:
         """Whether one more quantized model may stay resident: at most QSENS_MAX_RESIDENT, and two model sizes
         of memory left (one for the model, one for the next quantizer's working copy)."""
         if resident >= MAX_RESIDENT:
             return False
-        return resident == 0 or available_bytes(self.device) > 2 * self.model_bytes
+        if resident == 0:
+            return True
+        if self.placed:  # every device of the map needs room for its share twice over
+            folder = self.ckpt.placement.offload_folder
+            return all(placed.free_bytes(d, folder) > 2 * b for d, b in self.bytes_by_device.items())
+        return available_bytes(self.device) > 2 * self.model_bytes
 
     def close(self) -> None:
         self.model = None

@@ -51,7 +51,8 @@ def write_resolved_suite(suite: Suite, results_dir: Path) -> None:
     resolved = {
         "suite_file": str(suite.path),
         "spec": suite.spec.model_dump(mode="json"),
-        "checkpoints": [vars(c) for c in suite.checkpoints],
+        "checkpoints": [{**vars(c), "placement": c.placement and c.placement.model_dump(mode="json")}
+                        for c in suite.checkpoints],
         "quantizers": [q.model_dump(mode="json") | {"label": q.label()} for q in suite.quantizers],
         "evals": [{"name": e.name, "path": str(e.path), "text_hash": e.text_hash,
                    "protocol": e.protocol.model_dump(mode="json"), "protocol_hash": e.protocol.hash()}

@@ -124,7 +124,9 @@ def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: to
                         finish(cell, as_if_started, status="failed", error=error_text(row), **fields)
                     else:
                         finish(cell, as_if_started, status="ok", error=None, **fields, **row)
-            del group, scored
+            # the loop variable too: it would keep the group's last quantized model alive while the next group is
+            # quantized (one model more than the memory check allows for; its offload folder kept on disk)
+            group = scored = g = None
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()

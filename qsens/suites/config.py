@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from qsens.families.placement import Placement
 from qsens.metrics.protocol import PRESETS, Protocol
 
 METRIC_NAMES = ("delta_loss", "ppl_ratio", "kl", "top1_agree", "bits_per_byte")
@@ -77,6 +78,8 @@ class CheckpointSpec(_Strict):
     schedule: str | None = None
     stage: str | None = Field(None, description="training stage, e.g. 'stable' or 'anneal' (default: from an "
                               "OLMo-2 revision name 'stage1-...')")
+    placement: Placement | None = Field(None, description="device_map / max_memory of this checkpoint (default: "
+                                        "the family's, else the suite's)")
 
     @model_validator(mode="before")
     @classmethod
@@ -123,6 +126,8 @@ class FamilySpec(_Strict):
                                   "group under different schedules are compared, paired (default: the family)")
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    placement: Placement | None = Field(None, description="device_map / max_memory for models that do not fit "
+                                        "one device (default: the suite's)")
     checkpoints: list[CheckpointSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -195,12 +200,28 @@ class SuiteSpec(_Strict):
     description: str = ""
     seed: int = Field(0, ge=0, le=INT64_MAX)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    placement: Placement | None = Field(None, description="device_map / max_memory of every family's models")
     families: list[FamilySpec] = Field(min_length=1)
     quantizers: list[dict] = Field(min_length=1, description="validated per method by qsens.suites.load")
     evals: list[EvalSpec] = Field(min_length=1)
     metrics: list[Literal[METRIC_NAMES + OPTIONAL_METRICS]] = Field(default_factory=lambda: list(METRIC_NAMES))  # type: ignore[valid-type]
     bootstrap: BootstrapSpec = BootstrapSpec()
     calibration: CalibrationSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _placement_default(cls, data):
+        """The suite's placement is that of every family without its own (a checkpoint's own still wins). Copied
+        only when valid: a wrong one is reported once, at `placement`."""
+        if not isinstance(data, dict) or data.get("placement") is None or not isinstance(data.get("families"), list):
+            return data
+        try:
+            Placement.model_validate(data["placement"], strict=True)
+        except ValueError:
+            return data
+        return {**data, "families": [{**f, "placement": data["placement"]}
+                                     if isinstance(f, dict) and f.get("placement") is None else f
+                                     for f in data["families"]]}
 
     @model_validator(mode="after")
     def _unique_names(self) -> "SuiteSpec":

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from qsens.families.checkpoint import Checkpoint
 from qsens.families.manifest import read_manifest
+from qsens.families.placement import method_problems, relative_to
 from qsens.quantizers import REGISTRY, method_module
 from qsens.quantizers.base import QuantSettings
 from qsens import documents
@@ -182,7 +183,7 @@ def _manifest_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list
         out.append(
             Checkpoint(fam.name, c.name, str(manifest.checkpoint_dir(path, c)), None, c.n_params, c.tokens,
                        c.schedule, c.size, fam.dtype, fam.trust_remote_code, None,
-                       train_seed=c.seed, fit_group=fam.fit_group)
+                       train_seed=c.seed, fit_group=fam.fit_group, placement=relative_to(fam.placement, base))
         )
     if not out:
         return [], [(f"{where}.select", f"selects no checkpoint of {path}")]
@@ -215,7 +216,7 @@ def _family_checkpoints(fam: FamilySpec, where: str, base: Path) -> tuple[list[C
         out.append(
             Checkpoint(fam.name, name, location, c.revision, c.n_params or fam.n_params, tokens,
                        c.schedule or fam.schedule, None, fam.dtype, fam.trust_remote_code, c.stage,
-                       fit_group=fam.fit_group)
+                       fit_group=fam.fit_group, placement=relative_to(c.placement or fam.placement, base))
         )
     return out, problems
 
@@ -391,7 +392,7 @@ def load_suite(path: str | Path) -> Suite:
         if problem:
             problems.append(("calibration.path", problem))
     problems += _context_problems(checkpoints, evals, spec)
-    problems += _pairing_problems(quantizers, checkpoints)
+    problems += _pairing_problems(quantizers, checkpoints) + method_problems(quantizers, checkpoints)
     if any(getattr(q, "needs_calibration", False) for q in quantizers) and calibration is None:
         problems.append(("calibration", "required by a quantizer in this suite (e.g. gptq) but missing"))
     if problems:

@@ -1,8 +1,8 @@
 """Real-shape stand-ins: local HF folders with random weights in the exact architectures and shapes of the
-checkpoints a nightly run downloads (Pythia-160M/-410M, OLMo-2 1B), so everything but the download runs offline.
+checkpoints a nightly run downloads (Pythia-160M/-410M/-1B, OLMo-2 1B), so everything but the download runs offline.
 
 Speed and memory depend on shapes, module names and vocabulary, not on weight values. The configs below are
-written by hand from the published `config.json` of EleutherAI/pythia-160m, EleutherAI/pythia-410m and
+written by hand from the published `config.json` of EleutherAI/pythia-160m, -410m, -1b and
 allenai/OLMo-2-0425-1B (values as published; unverified against the hub from here, which is unreachable).
 The tokenizer is a byte-level BPE (the scheme both families use) trained on the shipped novels, saved as the
 family's tokenizer class (GPTNeoXTokenizerFast) so `AutoTokenizer` loads it; its vocabulary defaults to the
@@ -35,6 +35,8 @@ SHAPES: dict[str, dict] = {
                     "num_hidden_layers": 12},
     "pythia-410m": {**PYTHIA_COMMON, "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
                     "num_hidden_layers": 24},
+    "pythia-1b": {**PYTHIA_COMMON, "hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 8,
+                  "num_hidden_layers": 16},
     "olmo2-1b": {
         "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", "hidden_act": "silu", "hidden_size": 2048,
         "intermediate_size": 8192, "num_attention_heads": 16, "num_key_value_heads": 16, "num_hidden_layers": 16,
@@ -43,7 +45,7 @@ SHAPES: dict[str, dict] = {
         "bos_token_id": 100257, "eos_token_id": 100257, "pad_token_id": 100277, "use_cache": True,
     },
 }
-TOKENIZER_VOCAB = {"pythia-160m": 50277, "pythia-410m": 50277, "olmo2-1b": 100278}
+TOKENIZER_VOCAB = {"pythia-160m": 50277, "pythia-410m": 50277, "pythia-1b": 50277, "olmo2-1b": 100278}
 EOS_TEXT = "<|endoftext|>"
 
 
@@ -81,17 +83,20 @@ def bpe_tokenizer(vocab_size: int, cache: Path | None = None):
 
 
 def build_standin(shape: str, out: str | Path, *, layers: int | None = None, tokenizer_vocab: int | None = None,
-                  seed: int = 0, dtype: str = "float32", tokenizer_cache: Path | None = None) -> Path:
+                  seed: int = 0, dtype: str = "float32", tokenizer_cache: Path | None = None,
+                  widths: dict | None = None) -> Path:
     """Write a random-weight HF folder of `shape` (see SHAPES) to `out`; returns the folder.
 
     layers: fewer layers than the real model (the reduced CI form); widths, vocabulary and module names stay
-    real. tokenizer_vocab: BPE vocabulary (default the real tokenizer's size).
+    real. tokenizer_vocab: BPE vocabulary (default the real tokenizer's size). widths: config values that
+    replace the real ones (hidden_size, intermediate_size, num_attention_heads, vocab_size), for checks at tiny
+    shapes of what runs at real ones (the architecture and module names stay the shape's).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if shape not in SHAPES:
         raise KeyError(f"unknown stand-in shape {shape!r}; known: {', '.join(SHAPES)}")
-    config = dict(SHAPES[shape])
+    config = {**SHAPES[shape], **(widths or {})}
     if layers is not None:
         config["num_hidden_layers"] = layers
     cfg = AutoConfig.for_model(config.pop("model_type"), **config)
@@ -105,8 +110,9 @@ def build_standin(shape: str, out: str | Path, *, layers: int | None = None, tok
         raise ValueError(f"tokenizer has {len(tok)} tokens, more than the model's vocabulary {cfg.vocab_size}")
     tok.save_pretrained(out)
     meta = {"shape": shape, "layers": cfg.num_hidden_layers, "seed": seed, "dtype": dtype,
-            "tokenizer_vocab": len(tok), "n_params": non_embedding_params(SHAPES[shape] | {"num_hidden_layers":
-                                                                                           cfg.num_hidden_layers}),
+            "tokenizer_vocab": len(tok), "widths": widths or None,
+            "n_params": non_embedding_params({**SHAPES[shape], **(widths or {}),
+                                              "num_hidden_layers": cfg.num_hidden_layers}),
             "config_sha256": hashlib.sha256(json.dumps(SHAPES[shape], sort_keys=True).encode()).hexdigest()[:16]}
     (out / "standin.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out

@@ -40,7 +40,7 @@ def tiny_suite(tmp_path):
 
 def test_report_arithmetic_matches_the_recorded_run(tiny_suite, tmp_path):
     before = torch.get_num_threads()
-    r = bench_suite.run(tiny_suite, limit_checkpoints=2, results_dir=tmp_path / "res", threads=1)
+    r = bench_suite.run(tiny_suite, limit_checkpoints=2, results_dir=tmp_path / "res", threads=1, rounds=2)
     assert torch.get_num_threads() == before  # the thread count was the run's only
     with sqlite3.connect(tmp_path / "res" / "qsens.sqlite") as con:
         rows = con.execute("SELECT checkpoint, status, fp_loss FROM cells").fetchall()
@@ -48,34 +48,51 @@ def test_report_arithmetic_matches_the_recorded_run(tiny_suite, tmp_path):
     assert r["checkpoints"] == 2 and r["k"] == 2 and r["threads"] == 1
     assert r["cells"] == len(rows) == r["planned"] == 2 * 2 * 1  # checkpoints x quantizers x evals
     assert r["statuses"] == {"ok": 4}
-    # the cells' own timestamps (whole seconds) lie within the suite's timed wall
+    # the cells' own timestamps (whole seconds) lie within the first round's timed suite run (it wrote res/)
+    t = r["timing"]
     span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
-    assert 0 <= span <= r["suite_seconds"] + 1
+    assert 0 <= span <= t["wall"]["suite"][0] + 1
     assert r["cells_per_s"] == pytest.approx(len(rows) / r["suite_seconds"], rel=1e-12)
+    assert t["orders"] == [["suite", "fp"], ["fp", "suite"]]
+    assert r["suite_seconds"] == pytest.approx(sum(t["wall"]["suite"]) / 2, rel=1e-12)  # the median of two rounds
     base = sum(s for b in r["baseline"] for s in b["per_eval"].values())
-    assert r["baseline_seconds"] == pytest.approx(base, rel=1e-12)
-    assert r["fp_passes"] == pytest.approx(r["suite_seconds"] / base, rel=1e-12)
-    assert r["goal_fp_passes"] == pytest.approx(1 + 1.1 * 2)
+    assert base <= t["wall"]["fp"][-1]  # the last round's baseline: its scoring, within its timed step
+    per_round = [s / f for s, f in zip(t["cpu"]["suite"], t["cpu"]["fp"])]  # CPU seconds, round by round
+    assert r["fp_passes_rounds"]["cpu"]["rounds"] == pytest.approx(per_round, rel=1e-3)
+    assert r["fp_passes"] == pytest.approx(sum(per_round) / 2, rel=1e-3)
+    assert r["ideal_fp_passes"] == 3 and r["goal_fp_passes"] == pytest.approx(1.1 * 3)
     # the baseline timed the suite's own fp work: same checkpoints, same tokens, same fp loss
     fp = {(b["checkpoint"], loss) for b in r["baseline"] for loss in b["fp_loss"].values()}
     assert {b["checkpoint"] for b in r["baseline"]} == {c for c, _, _ in rows}
     for ckpt, _, stored in rows:
         assert any(c == ckpt and loss == pytest.approx(stored, rel=1e-9) for c, loss in fp)
     md = bench_suite.to_markdown(r, "qsens bench suite")
-    assert "| cells | 4 of 4 planned (4 ok) |" in md and f"| {r['fp_passes']:.2f} (goal ≤ 1 + 1.1·k = 3.2) |" in md
+    assert "| cells | 4 of 4 planned (4 ok) |" in md and "(ideal 1 + k = 3, goal ≤ 1.1·(1 + k) = 3.3) |" in md
 
 
 def test_cli_writes_report_and_json(tiny_suite, tmp_path, capsys):
     out = tmp_path / "bench" / "suite.md"
-    assert cli_main(["bench", "suite", str(tiny_suite), "--limit-checkpoints", "1", "--out", str(out)]) == 0
+    assert cli_main(["bench", "suite", str(tiny_suite), "--limit-checkpoints", "1", "--rounds", "1",
+                     "--out", str(out)]) == 0
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["cells"] == 2 and out.read_text() == capsys.readouterr().out.rstrip("\n") + "\n"
     assert cli_main(["bench", "suite", str(tiny_suite), "--limit-checkpoints", "0"]) == 2
     assert cli_main(["bench", "suite", str(tiny_suite), "--threads", "0"]) == 2
+    assert cli_main(["bench", "suite", str(tiny_suite), "--rounds", "0"]) == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny_suite.read_text().replace("seed: 0", "seed: 0\nbogus: 1"))
     assert cli_main(["bench", "suite", str(bad)]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_cli_defaults_to_one_thread_and_three_rounds(tiny_suite, monkeypatch):
+    """One torch thread, as `qsens run` gives each worker; three rounds, so the median leaves out the round whose
+    suite run compiled the compare kernels."""
+    seen = {}
+    monkeypatch.setattr(bench_suite, "run", lambda suite, **kwargs: seen.update(kwargs) or {})  # no work done
+    monkeypatch.setattr(bench_suite, "to_markdown", lambda r, command: "")
+    assert cli_main(["bench", "suite", str(tiny_suite)]) == 0
+    assert seen["threads"] == 1 and seen["rounds"] == 3 and seen["limit_checkpoints"] is None
 
 
 @pytest.fixture
@@ -149,8 +166,10 @@ def test_a_layer_sweep_costs_one_quantized_pass_per_set_and_shares_the_fp_pass(l
     forwards, fp_models = _spy_forwards(monkeypatch)
     r = bench_suite.run(layer_suite, limit_checkpoints=2, results_dir=tmp_path / "res", threads=1)
     assert r["statuses"] == {"ok": 2 * 10 * 2}
-    suite_fp = fp_models[:2]  # the suite's loads; the baseline loads the checkpoints again after it
-    assert len(fp_models) == 4 and [n for n, _ in fp_models[2:]] == [n for n, _ in suite_fp]
+    # loads: the untimed baseline, the suite (one round), the timed baseline: the same two checkpoints each time
+    suite_fp = fp_models[2:4]
+    assert len(fp_models) == 6 and [n for n, _ in fp_models[:2]] == [n for n, _ in suite_fp] == [n for n, _ in
+                                                                                                fp_models[4:]]
     groups = -(-10 // resident)
     fp_ids = {id(m) for _, m in fp_models}
     for name, fp in suite_fp:

@@ -33,6 +33,10 @@ def test_a_short_run_reports_both_trainers_and_a_share_of_the_matmul_rate(tmp_pa
     assert row["speedup"] == pytest.approx(row["tokens_per_cpu_s_fast"] / row["tokens_per_cpu_s_hf"], rel=1e-2)
     assert 0 < row["share_of_matmul_rate"] == pytest.approx(
         row["fast_gflop_per_s"] / row["matmul_gflop_per_s_same_shapes"], rel=1e-2)
+    t = row["timing"]  # interleaved, the order reversed in the second round; the per-round speedup in CPU time
+    assert t["orders"] == [["hf", "fast"], ["fast", "hf"]] and row["cpu_seconds"]["hf"] == [round(x, 3) for x in t["cpu"]["hf"]]
+    per = [h / f for h, f in zip(t["cpu"]["hf"], t["cpu"]["fast"])]
+    assert row["speedup_rounds"]["cpu"]["rounds"] == pytest.approx(per, rel=1e-3)
     assert "| h16 |" in train.to_markdown(data, "qsens bench train")
     with pytest.raises(ValueError, match=r"no size among \['h99'\] \(allowed: h16, h32\)"):
         train.run(spec_path, ["h99"])

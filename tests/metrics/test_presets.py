@@ -176,3 +176,37 @@ def test_word_and_byte_counts_cover_exactly_the_scored_span(micro, raw):
     assert tokens.n_words == sum(1 for a, b in spans for p in range(a, b) if p in word_starts)
     assert tokens.n_words < len(raw.split()) / 50  # not the whole file's words
     assert np.all(tokens.target_bytes.numpy() >= 0)
+
+
+GUTENBERG = REPO / "checkpoints/gutenberg/h32/s0/wsd-f0.4/h32-s0-wsd-f0.4-d008.389M"
+
+
+def test_lm_eval_preset_matches_lm_eval_with_a_tokenizer_that_adds_bos(raw, tmp_path):
+    """Llama-family tokenizers add BOS themselves; lm-eval then feeds its prefix BOS before the encoded BOS and
+    scores that second BOS as a target ([BOS] -> BOS, ...). The preset must do the same, on a Llama model."""
+    pytest.importorskip("lm_eval")
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(GUTENBERG)
+    bos = tok.bos_token
+    tok._tokenizer.post_processor = TemplateProcessing(  # as LlamaTokenizerFast's add_bos_token=True builds it
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.bos_token_id)])
+    assert tok("hello")["input_ids"][0] == tok.bos_token_id != tok("hello")["input_ids"][1]
+    model = AutoModelForCausalLM.from_pretrained(GUTENBERG, dtype=torch.float32).eval()
+    assert model.config.model_type == "llama"
+    n_pages = 2
+    pages = hf_document_level_pages(raw)[:n_pages]
+    lines = raw.split("\n")
+    starts = [i for i, line in enumerate(lines) if re.fullmatch(r" = [^=].* = ", line)]
+    text = "\n".join(lines[: starts[n_pages]])
+    tokens = build_eval_tokens(text, tok, resolve_protocol("lm-eval", {}), model_max_length(model.config, tok))
+    assert tokens.windows[0][0][:2].tolist() == [tok.bos_token_id] * 2  # the prefix, then the tokenizer's own
+    ref = score_reference(model, tokens, torch.device("cpu"), 16, keep_logits=False)
+    nll, n_bytes = ref.nll.sum(), int(tokens.target_bytes.sum())
+    ours = dict(bits_per_byte=nll / math.log(2) / n_bytes, byte_perplexity=math.exp(nll / n_bytes),
+                word_perplexity=math.exp(nll / tokens.n_words))
+    theirs = run_lm_eval(model, tok, pages, tmp_path)
+    for k in ours:
+        assert ours[k] == pytest.approx(theirs[k], rel=1e-6), k
+    assert n_bytes == sum(len(p.encode("utf-8")) for p in pages)  # the scored BOS stands for no bytes

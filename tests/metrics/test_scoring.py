@@ -8,7 +8,7 @@ import torch
 from scipy.special import log_softmax
 
 from qsens.metrics.resources import peak_rss_bytes, reset_peak_rss
-from qsens.metrics.scoring import score_quantized, score_together
+from qsens.metrics.scoring import kl_divergence, score_quantized, score_together
 from qsens.metrics.windows import build_eval_tokens
 from qsens.metrics.protocol import Protocol
 
@@ -57,13 +57,14 @@ def test_kl_matches_float64_at_real_vocab(noise, compiled, monkeypatch):
     assert kl.mean() == pytest.approx(kl64.mean(), rel=1e-4)
     np.testing.assert_allclose(kl, kl64, rtol=1e-3, atol=1e-9)
     np.testing.assert_allclose(ref.nll, -lp[np.arange(t.size), ids[t]], rtol=1e-6)
+    np.testing.assert_allclose(out["q"].nll, -lq[np.arange(t.size), ids[t]], rtol=1e-6)
     # the one-model entry point gives the same numbers
     one = score_quantized(TableModel(q), tokens, ref, torch.device("cpu"), batch_size=5)
     np.testing.assert_allclose(one.kl, kl, rtol=1e-9, atol=1e-15)
     if compiled:
-        from qsens.metrics import scoring
+        from qsens.metrics import fused
 
-        assert "fn" in scoring._COMPILED and not scoring._COMPILED.get("failed")  # the fused kernel did run
+        assert "kernels" in fused._COMPILED and not fused._COMPILED.get("failed")  # the compiled kernels did run
 
 
 def test_a_failing_quantized_model_does_not_stop_the_others():
@@ -94,3 +95,24 @@ def test_peak_memory_does_not_grow_with_the_eval_length():
     small, large = _peak_for(600, fp, q), _peak_for(2_400, fp, q)
     stored_growth = (2_400 - 600) * V * 4  # what keeping fp logits would add
     assert large - small < 0.05 * stored_growth, (small, large)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_are_scored_in_float32_and_float64(dtype):
+    """A bf16/fp16 model's logits are upcast before any softmax: losses and KL equal float64 computed from the
+    very same half-precision logits (a half-precision log-softmax would be off by ~1e-2)."""
+    g = torch.Generator().manual_seed(5)
+    vocab = 4096
+    fp = (torch.randn(128, vocab, generator=g) * 3).to(dtype)
+    q = (fp.float() + torch.randn(128, vocab, generator=g) * 0.05).to(dtype)
+    text, tokens = _tokens(300)
+    ref, out = score_together(TableModel(fp), {"q": TableModel(q)}, tokens, torch.device("cpu"), batch_size=4)
+    ids = np.array([ord(c) for c in text])
+    t = np.array([i for i in range(1, len(ids)) if i % 64 != 0])
+    lp = log_softmax(fp.double().numpy()[ids[t - 1]], axis=-1)
+    lq = log_softmax(q.double().numpy()[ids[t - 1]], axis=-1)
+    np.testing.assert_allclose(ref.nll, -lp[np.arange(t.size), ids[t]], rtol=1e-6)
+    np.testing.assert_allclose(out["q"].nll, -lq[np.arange(t.size), ids[t]], rtol=1e-6)
+    np.testing.assert_allclose(out["q"].kl, (np.exp(lp) * (lp - lq)).sum(-1), rtol=1e-4, atol=1e-9)
+    lp, lq = log_softmax(fp.double().numpy(), axis=-1), log_softmax(q.double().numpy(), axis=-1)
+    np.testing.assert_allclose(kl_divergence(fp, q).numpy(), (np.exp(lp) * (lp - lq)).sum(-1), rtol=1e-4, atol=1e-9)

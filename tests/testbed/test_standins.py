@@ -27,9 +27,11 @@ QUANTIZERS = """
 
 
 def test_published_non_embedding_counts():
-    """The Pythia paper's N (Table 1): 85,056,000 and 302,311,424, recounted from the hand-written configs."""
+    """The Pythia paper's N (Table 1): 85,056,000, 302,311,424 and 805,736,448, recounted from the hand-written
+    configs."""
     assert non_embedding_params(SHAPES["pythia-160m"]) == 85_056_000
     assert non_embedding_params(SHAPES["pythia-410m"]) == 302_311_424
+    assert non_embedding_params(SHAPES["pythia-1b"]) == 805_736_448
 
 
 @pytest.mark.heavy
