@@ -66,9 +66,14 @@ DESIGNS = {
 }
 # the amendment's candidates (docs/schedule-question.md, 2026-12-03): more seeds, h192 (gate assumed passed at
 # every D: h128 passes below 3.35M), budgets to 67M or 134M
-for _k in (6, 8, 10):
+for _k in (6, 7, 8, 10):
     DESIGNS[f"h48x{_k}+h96x{_k}-gated"] = DESIGNS["h48x5+h96x5-gated"] | {"seeds": {"h48": _k, "h96": _k}}
-for _k in (3, 4, 5, 6, 8):
+for _a, _b in ((6, 4), (6, 5), (7, 4), (7, 5), (8, 4), (8, 5), (7, 6), (10, 5), (10, 6), (12, 6)):  # h48 costs 0.6x h96 per token
+    DESIGNS[f"h48x{_a}+h96x{_b}-gated"] = DESIGNS["h48x5+h96x5-gated"] | {"seeds": {"h48": _a, "h96": _b}}
+for _a, _b in ((8, 4), (6, 5)):  # the widest affordable span, 16x in N (h192 gate assumed passed, as below)
+    DESIGNS[f"h48x{_a}+h192x{_b}-gated"] = DESIGNS["h48x5+h96x5-gated"] | {
+        "seeds": {"h48": _a, "h192": _b}, "gate_from": {("h48", "stable"): 13.4e6, ("h48", "cooled"): 8.39e6}}
+for _k in (3, 4, 5, 6, 7, 8):
     DESIGNS[f"h96x{_k}+h192x{_k}-to67M-gated"] = DESIGNS["h96x5+h192x5-to67M-gated"] | {
         "seeds": {"h96": _k, "h192": _k}}
     DESIGNS[f"h96x{_k}+h192x{_k}-gated"] = DESIGNS["h96x5+h192x5-to67M-gated"] | {
@@ -155,7 +160,7 @@ def main() -> None:
                 p_wrong = (n - verdicts[truth] - verdicts["inconclusive"]) / n
                 se = math.sqrt(p_ok * (1 - p_ok) / n)  # binomial SE of P(correct)
                 top = ", ".join(f"{k} {v / n:.2f}" for k, v in reasons.most_common(3))
-                print(f"| {name} | {sigma:.2f} | {truth} | {p_ok:.3f} | {p_wrong:.3f} | {p_inc:.3f} | "
+                print(f"| {name} | {sigma:.3f} | {truth} | {p_ok:.3f} | {p_wrong:.3f} | {p_inc:.3f} | "
                       f"{se:.3f} | {top} |  <!-- {time.time() - t0:.0f}s -->", flush=True)
 
 
