@@ -68,7 +68,8 @@ DESIGNS = {
 # every D: h128 passes below 3.35M), budgets to 67M or 134M
 for _k in (6, 7, 8, 10):
     DESIGNS[f"h48x{_k}+h96x{_k}-gated"] = DESIGNS["h48x5+h96x5-gated"] | {"seeds": {"h48": _k, "h96": _k}}
-for _a, _b in ((6, 4), (6, 5), (7, 4), (7, 5), (8, 4), (8, 5), (7, 6), (10, 5), (10, 6), (12, 6)):  # h48 costs 0.6x h96 per token
+# h48 costs 0.6x h96 per token: unbalanced seeds
+for _a, _b in ((6, 4), (6, 5), (7, 4), (7, 5), (8, 4), (8, 5), (7, 6), (10, 5), (10, 6), (12, 6)):
     DESIGNS[f"h48x{_a}+h96x{_b}-gated"] = DESIGNS["h48x5+h96x5-gated"] | {"seeds": {"h48": _a, "h96": _b}}
 for _a, _b in ((8, 4), (6, 5)):  # the widest affordable span, 16x in N (h192 gate assumed passed, as below)
     DESIGNS[f"h48x{_a}+h192x{_b}-gated"] = DESIGNS["h48x5+h96x5-gated"] | {
@@ -135,8 +136,9 @@ def main() -> None:
                     help="original designs: stable checkpoints at 0.8·D only (6, not the doc's 12)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    print(f"# reps {args.reps}, boot {args.boot}, loo_tol {args.loo_tol}, kappa {args.kappa:.3f}, decay beta_c "
-          f"{args.decay_beta_c}, seed_sd {args.seed_sd}, seed_slope_sd {args.seed_slope_sd}, rho {args.branch_rho}")
+    print(f"# reps {args.reps}, boot {args.boot}, halves_tol {args.halves_tol}, loo_tol {args.loo_tol}, kappa "
+          f"{args.kappa:.3f}, decay beta_c {args.decay_beta_c}, seed_sd {args.seed_sd}, seed_slope_sd "
+          f"{args.seed_slope_sd}, rho {args.branch_rho}")
     rng, sigmas = np.random.default_rng(args.seed), list(args.sigma)
     if args.gate_null:
         return gate_null(args, rng, sigmas)

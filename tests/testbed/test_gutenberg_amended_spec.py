@@ -32,9 +32,11 @@ def test_the_seed0_spec_is_the_primary_seed_0_plus_the_secondary_settings():
         assert SEED0.fingerprint(next(t for t in SEED0.sizes if t.name == s.name)) == PRIMARY.fingerprint(s)
     assert set(PRIMARY.cooldown_plan()) < set(SEED0.cooldown_plan())
     assert {f for _, f in SEED0.cooldown_plan()} == {0.1, 0.2, 0.4} and len(SEED0.cosine_plan()) == 3
-    # the order the specs' comments prescribe: seed 0 from SEED0 first. Its stable run passes every primary branch
-    # point, and its earliest branch (f = 0.4 at 8.39M: 0.6 x 2,048 steps) lies before the primary's earliest
-    # branch point but far before the primary stable run's end, so the primary-first order could not resume it.
-    branch = lambda spec: sorted({wsd_branch_step(spec.steps_for(b), spec, f) for b, f in spec.cooldown_plan()})  # noqa: E731
+    # the order the specs' comments prescribe, seed 0 from SEED0 first: its stable run passes every primary branch
+    # point; its f = 0.4 branch at 8.39M (0.6 x 2,048 steps) lies before the primary stable run's end, so a stable
+    # run trained from PRIMARY first could not branch it.
+    def branch(spec):
+        return sorted({wsd_branch_step(spec.steps_for(b), spec, f) for b, f in spec.cooldown_plan()})
+
     assert set(branch(PRIMARY)) < set(branch(SEED0))
     assert branch(SEED0)[1] == round(0.6 * 2048) and branch(SEED0)[1] < branch(PRIMARY)[-1]
