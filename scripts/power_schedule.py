@@ -15,6 +15,10 @@ Hypotheses: D (β_s = β_c = 0.5) and decay (β_s = 0, β_c = --decay-beta-c); �
 --gate-null prints, instead of verdicts, the null distribution of the two fit-gate statistics (the largest
 |β_upper − β_lower| and the largest |LOO log error| over the arms of a dataset, the power law being true) and
 their 95/99% points: the calibration of the amended rule's tolerances (docs/schedule-question.md).
+--calibrate SIGMA applies that calibration per design before the verdicts: tolerance = max(0.2, the null's 99th
+percentile at SIGMA, rounded up to 0.01), the same tolerances then used at every --sigma (the rule fixes numbers,
+not a function of the noise it will meet). The null draws of both truths are pooled: the gate statistics are
+residuals of fits linear in x, so the true slopes cancel from them and both truths give one distribution.
 --boot below the rule's 2,000 (e.g. 200) is for speed: percentile ends from 200 replicates are noisier, which
 moves single verdicts but little the verdict rates.
 The checkpoint gate is simulated by dropping whole (size, arm) groups (issue 20: h32's stable arm never passes).
@@ -60,6 +64,21 @@ DESIGNS = {
     "h96x5+h192x5-to67M-gated": {"seeds": {"h96": 5, "h192": 5}, "all_branches": False, "drop": set(),
                                  "budgets": BUDGETS[:5], "gate_from": {("h96", "stable"): 3.6e6}},
 }
+# the amendment's candidates (docs/schedule-question.md, 2026-12-03): more seeds, h192 (gate assumed passed at
+# every D: h128 passes below 3.35M), budgets to 67M or 134M
+for _k in (6, 7, 8, 10):
+    DESIGNS[f"h48x{_k}+h96x{_k}-gated"] = DESIGNS["h48x5+h96x5-gated"] | {"seeds": {"h48": _k, "h96": _k}}
+# h48 costs 0.6x h96 per token: unbalanced seeds
+for _a, _b in ((6, 4), (6, 5), (7, 4), (7, 5), (8, 4), (8, 5), (7, 6), (10, 5), (10, 6), (12, 6)):
+    DESIGNS[f"h48x{_a}+h96x{_b}-gated"] = DESIGNS["h48x5+h96x5-gated"] | {"seeds": {"h48": _a, "h96": _b}}
+for _a, _b in ((8, 4), (6, 5)):  # the widest affordable span, 16x in N (h192 gate assumed passed, as below)
+    DESIGNS[f"h48x{_a}+h192x{_b}-gated"] = DESIGNS["h48x5+h96x5-gated"] | {
+        "seeds": {"h48": _a, "h192": _b}, "gate_from": {("h48", "stable"): 13.4e6, ("h48", "cooled"): 8.39e6}}
+for _k in (3, 4, 5, 6, 7, 8):
+    DESIGNS[f"h96x{_k}+h192x{_k}-to67M-gated"] = DESIGNS["h96x5+h192x5-to67M-gated"] | {
+        "seeds": {"h96": _k, "h192": _k}}
+    DESIGNS[f"h96x{_k}+h192x{_k}-gated"] = DESIGNS["h96x5+h192x5-to67M-gated"] | {
+        "seeds": {"h96": _k, "h192": _k}, "budgets": BUDGETS}
 
 
 def trajectory(size: str, seed: int, spec: dict, beta_s: float, beta_c: float, args, rng) -> list[Point]:
@@ -104,6 +123,10 @@ def main() -> None:
     ap.add_argument("--loo-tol", type=float, default=0.2)
     ap.add_argument("--halves-tol", type=float, default=0.2)
     ap.add_argument("--gate-null", action="store_true", help="the gates' null distribution instead of verdicts")
+    ap.add_argument("--calibrate", type=float, metavar="SIGMA",
+                    help="per design, tolerances = max(0.2, the gate null's 99th percentile at SIGMA, both truths), "
+                         "rounded up to 0.01, then used at every --sigma (overrides --loo-tol/--halves-tol)")
+    ap.add_argument("--calibrate-reps", type=int, default=4000, help="datasets of the gate null for --calibrate")
     ap.add_argument("--kappa", type=float, default=math.log(1.2))
     ap.add_argument("--decay-beta-c", type=float, default=0.6)
     ap.add_argument("--seed-sd", type=float, default=0.10, help="per-trajectory intercept SD")
@@ -113,21 +136,24 @@ def main() -> None:
                     help="original designs: stable checkpoints at 0.8·D only (6, not the doc's 12)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    print(f"# reps {args.reps}, boot {args.boot}, loo_tol {args.loo_tol}, kappa {args.kappa:.3f}, decay beta_c "
-          f"{args.decay_beta_c}, seed_sd {args.seed_sd}, seed_slope_sd {args.seed_slope_sd}, rho {args.branch_rho}")
+    print(f"# reps {args.reps}, boot {args.boot}, halves_tol {args.halves_tol}, loo_tol {args.loo_tol}, kappa "
+          f"{args.kappa:.3f}, decay beta_c {args.decay_beta_c}, seed_sd {args.seed_sd}, seed_slope_sd "
+          f"{args.seed_slope_sd}, rho {args.branch_rho}")
     rng, sigmas = np.random.default_rng(args.seed), list(args.sigma)
     if args.gate_null:
         return gate_null(args, rng, sigmas)
     print("| design | sigma | truth | P(correct) | P(wrong) | P(inconclusive) | SE | top inconclusive reasons |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.designs:
+        halves_tol, loo_tol = (calibrated_tolerances(name, args, rng) if args.calibrate is not None
+                               else (args.halves_tol, args.loo_tol))
         for sigma in sigmas:
             args.sigma = sigma  # trajectory() reads the current σ
             for truth in ("D", "decay"):
                 t0, verdicts, reasons = time.time(), Counter(), Counter()
                 for r in range(args.reps):
                     out = decide(simulate(DESIGNS[name], truth, args, rng), n_boot=args.boot,
-                                 loo_tol=args.loo_tol, halves_tol=args.halves_tol, seed=r)
+                                 loo_tol=loo_tol, halves_tol=halves_tol, seed=r)
                     verdicts[out["verdict"]] += 1
                     if out["reason"]:
                         reasons[out["reason"].split(" (")[0]] += 1
@@ -136,7 +162,7 @@ def main() -> None:
                 p_wrong = (n - verdicts[truth] - verdicts["inconclusive"]) / n
                 se = math.sqrt(p_ok * (1 - p_ok) / n)  # binomial SE of P(correct)
                 top = ", ".join(f"{k} {v / n:.2f}" for k, v in reasons.most_common(3))
-                print(f"| {name} | {sigma:.2f} | {truth} | {p_ok:.3f} | {p_wrong:.3f} | {p_inc:.3f} | "
+                print(f"| {name} | {sigma:.3f} | {truth} | {p_ok:.3f} | {p_wrong:.3f} | {p_inc:.3f} | "
                       f"{se:.3f} | {top} |  <!-- {time.time() - t0:.0f}s -->", flush=True)
 
 
@@ -149,6 +175,19 @@ def gate_statistics(points: list[Point]) -> tuple[float, float]:
         halves = max(halves, abs(g["beta_upper_half"] - g["beta_lower_half"]))
         loo = max(loo, max(abs(e) for e in g["loo_log_error"].values()))
     return halves, loo
+
+
+def calibrated_tolerances(name: str, args, rng) -> tuple[float, float]:
+    """(halves_tol, loo_tol) = max(0.2, q99 of the gate null of `name` at σ = args.calibrate, D and decay pooled),
+    each rounded up to 0.01; printed as a comment row."""
+    sigma, args.sigma = args.sigma, args.calibrate
+    stats = np.array([gate_statistics(simulate(DESIGNS[name], truth, args, rng))
+                      for truth in ("D", "decay") for _ in range(args.calibrate_reps)])
+    args.sigma = sigma
+    tols = [max(0.2, math.ceil(100 * q - 1e-9) / 100) for q in np.percentile(stats, 99, axis=0)]
+    print(f"<!-- {name}: tolerances calibrated at sigma {args.calibrate}: halves_tol {tols[0]:.2f}, "
+          f"loo_tol {tols[1]:.2f} ({2 * args.calibrate_reps} null datasets) -->", flush=True)
+    return tols[0], tols[1]
 
 
 def gate_null(args, rng, sigmas) -> None:

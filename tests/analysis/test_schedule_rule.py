@@ -197,3 +197,22 @@ def test_power_script_runs_the_rule():
         ("original", "D"), ("original", "decay"), ("h48x3+h96x3", "D"), ("h48x3+h96x3", "decay")]
     for r in rows:
         assert sum(float(v) for v in r[3:6]) == pytest.approx(1.0)
+
+
+def test_power_script_calibrates_tolerances_to_the_noise():
+    """--calibrate: tolerance = max(0.2, null q99). At σ = 0.01 the null's LOO and halves statistics are a few
+    hundredths (σ times O(1) design factors), so both tolerances stay at the floor 0.2; at σ = 0.5 they are
+    above it (at σ = 0.135 the gated h48x5+h96x5 design's null q99 is ~0.29 LOO, ~0.39 halves)."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "power_schedule.py"
+
+    def tolerances(sigma):
+        out = subprocess.run([sys.executable, str(script), "--reps", "2", "--boot", "20", "--sigma", "0.1",
+                              "--designs", "h48x5+h96x5-gated", "--calibrate", str(sigma), "--calibrate-reps", "100"],
+                             capture_output=True, text=True, check=True).stdout
+        line = next(r for r in out.splitlines() if "tolerances calibrated" in r)
+        rows = [r.split("|")[4:7] for r in out.splitlines() if r.startswith("| h48")]
+        assert len(rows) == 2 and all(sum(float(v) for v in r) == pytest.approx(1.0) for r in rows)
+        return [float(line.split(name)[1].split()[0].strip(",")) for name in ("halves_tol", "loo_tol")]
+
+    assert tolerances(0.01) == [0.2, 0.2]
+    assert all(t > 0.3 for t in tolerances(0.5))
