@@ -15,37 +15,19 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from qsens.analysis.claim import LOW_BITS, Claim, series, span
+from qsens.analysis.evidence import documents, gate_losses, resolution, scope_note, seeds, within_floor
 from qsens.fit.laws import DELTA_LAWS, LAWS
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 OUYANG_GAMMA = 5.4967  # Ouyang et al. 2024 (arXiv 2411.17691), unified law's bit-width exponent
 OUYANG_BETA = 0.5251
-LOW_BITS = (2, 3, 4)
-
-
-@dataclass
-class Claim:
-    name: str
-    text: str
-    holds: bool
-    numbers: dict = field(default_factory=dict)
 
 
 def _ok(cells: list[dict]) -> list[dict]:
     return [c for c in cells if c.get("status", "ok") == "ok" and c.get("n_params") and c.get("tokens")]
-
-
-def _series(cells: list[dict], **where) -> dict[tuple, list[dict]]:
-    """{(family, eval, N, bits, training seed): cells sorted by D} for the cells matching `where` (one series per
-    training run: a family's seed replicates are series of their own)."""
-    out: dict[tuple, list[dict]] = defaultdict(list)
-    for c in cells:
-        if all(c.get(k) == v for k, v in where.items()):
-            out[(c["family"], c["eval"], c["n_params"], c.get("bits"), c.get("train_seed"))].append(c)
-    return {k: sorted(v, key=lambda c: c["tokens"]) for k, v in sorted(out.items(), key=lambda kv: str(kv[0]))}
 
 
 def _every(k: int, n: int, what: str) -> str:
@@ -56,7 +38,7 @@ def fp_monotone(cells: list[dict]) -> Claim:
     """Full-precision loss falls with D, per eval: counts of (family, size) series that fall strictly."""
     per_eval = defaultdict(lambda: [0, 0])
     bits = min(c["bits"] for c in cells if c.get("bits") is not None)
-    for (fam, ev, n, _, _), s in _series([c for c in cells if c.get("bits") == bits]).items():
+    for (fam, ev, n, _, _), s in series([c for c in cells if c.get("bits") == bits]).items():
         fp = [c["fp_loss"] for c in s]
         per_eval[ev][0] += all(b < a for a, b in zip(fp, fp[1:]))
         per_eval[ev][1] += 1
@@ -68,20 +50,20 @@ def fp_monotone(cells: list[dict]) -> Claim:
 def growth(cells: list[dict], gate_loss: dict[str, float] | None = None) -> Claim:
     """Δloss at the largest budget above the smallest, by a paired test on the same tokens
     (`qsens.analysis.tested.growth_tested`); the smallest budget's Δ sign; growth factors over all checkpoints and
-    past the bigram gate. gate_loss: as growth_tested's (`qsens.testbed.gates.read_baselines`), None: not stored."""
+    past the bigram gate. gate_loss: as growth_tested's (`qsens.store.baselines`), None: not stored."""
     from qsens.analysis.tested import growth_tested
 
     low = [c for c in cells if c.get("bits") in LOW_BITS]
-    series = _series(low)
-    total = len(series)
-    nonpositive = sum(s[0]["delta_loss"] <= 0 for s in series.values())
-    no_evidence = sum(s[0]["delta_loss_ci_low"] <= 0 <= s[0]["delta_loss_ci_high"] for s in series.values())
+    by_run = series(low)
+    total = len(by_run)
+    nonpositive = sum(s[0]["delta_loss"] <= 0 for s in by_run.values())
+    no_evidence = sum(s[0]["delta_loss_ci_low"] <= 0 <= s[0]["delta_loss_ci_high"] for s in by_run.values())
     if not all(c.get("window_sums") and c.get("tokens_digest") for c in low):
         return Claim("growth", "**Low-bit Δloss grows with D/N at fixed N**: not tested (cells stored without "
                      "window sums, so no paired test; recompute them).", True, {"total": total})
     tested = growth_tested(low, gate_loss=gate_loss)
     count, factors, past = tested["count"], tested["factors"], tested["factors_past_gate"]
-    both = sum(s[0]["delta_loss_ci_low"] > 0 and s[-1]["delta_loss_ci_low"] > 0 for s in series.values())
+    both = sum(s[0]["delta_loss_ci_low"] > 0 and s[-1]["delta_loss_ci_low"] > 0 for s in by_run.values())
     ratio_text = (f"; where both budgets' intervals exclude 0 ({both} series) the ratio largest/smallest is "
                   f"{factors[0]:,.0f}× to {factors[1]:,.0f}×" if factors else "")
     if gate_loss is None:
@@ -110,7 +92,7 @@ def u_curve(cells: list[dict], ev: str) -> Claim:
     lines, numbers, first_examples = [], {}, []
     for bits in sorted({c["bits"] for c in cells if c.get("bits") is not None}):
         up, n, examples = 0, 0, []
-        for (fam, _, size, _, seed), s in _series(cells, eval=ev, bits=bits).items():
+        for (fam, _, size, _, seed), s in series(cells, eval=ev, bits=bits).items():
             q = [c["fp_loss"] + c["delta_loss"] for c in s]
             best = min(range(len(q)), key=q.__getitem__)
             n += 1
@@ -145,80 +127,6 @@ def _u_curve_tested(cells: list[dict], ev: str) -> dict:
     return u_curve_tested(cells, ev)
 
 
-def documents(cells: list[dict]) -> Claim:
-    """What each eval's intervals cover: its documents, and where there are enough of them to resample
-    (`qsens.metrics.docinterval`), the two-level interval's width against the cell's own and the between-document
-    share, on the largest budget of each seed-0 (family, size) at 2/3/4 bits."""
-    from qsens.metrics.docinterval import (MIN_DOCUMENTS, THESE_DOCUMENTS_ONLY, cell_document_interval,
-                                           cell_documents, scope_of)
-
-    parts, numbers = [], {}
-    for ev in sorted({c["eval"] for c in cells}):
-        sub = [c for c in cells if c["eval"] == ev and c.get("window_sums")]
-        if not sub:
-            continue
-        n_docs = cell_documents(sub[0])
-        n_tokens = int(sub[0].get("n_tokens") or 0)
-        if scope_of(n_docs) == THESE_DOCUMENTS_ONLY:
-            parts.append(f"`{ev}`: {n_docs} document{'s' if n_docs > 1 else ''}, {n_tokens:,} tokens, every "
-                         f"interval *{THESE_DOCUMENTS_ONLY}* (fewer than {MIN_DOCUMENTS} cannot estimate a "
-                         f"between-document variance; another text may differ by more than the interval)")
-            numbers[ev] = {"documents": n_docs}
-            continue
-        last = [s[-1] for (fam, _, _, bits, seed), s in _series(sub).items() if bits in LOW_BITS and seed in (None, 0)]
-        ratios, shares = [], []
-        for c in last:
-            d = cell_document_interval(c)
-            own = c["delta_loss_ci_high"] - c["delta_loss_ci_low"]
-            if own > 0:
-                ratios.append((d.ci_high - d.ci_low) / own)
-            shares.append(d.between_share)
-        ratios.sort()
-        shares.sort()
-        parts.append(f"`{ev}`: {n_docs} documents, {n_tokens:,} tokens; resampling documents, then blocks within "
-                     f"them, gives intervals {_span(ratios)}× as wide as the cells' own (median "
-                     f"{ratios[len(ratios) // 2]:.2f}×; the largest budget of each seed-0 family and size at 2/3/4 "
-                     f"bits, {len(last)} cells), with a between-document share of the variance of "
-                     f"{_span(shares)}: the cells' own block intervals already span its documents")
-        numbers[ev] = {"documents": n_docs, "width_ratio": (ratios[0], ratios[-1]), "share": (shares[0], shares[-1])}
-    text = "**What the intervals cover**: " + "; ".join(parts) + "."
-    return Claim("documents", text, True, numbers)
-
-
-def seeds(cells: list[dict], gate_loss: dict[str, float] | None = None) -> Claim:
-    """Seed-to-seed SD of log Δloss per bits and eval (`qsens.analysis.seed_sigma.pooled_seed_sd`), where cells
-    carry more than one training seed: over RTN cells whose Δ interval excludes 0, and over those past the bigram
-    gate (gate_loss as `growth`'s), where early checkpoints' near-zero Δs do not dominate."""
-    from qsens.analysis.seed_sigma import pooled_seed_sd
-
-    n_seeds = len({c.get("train_seed") for c in cells if c.get("train_seed") is not None})
-    if n_seeds < 2:
-        return Claim("seeds", "**Training seeds**: one training seed per checkpoint; no interval contains training "
-                     "noise.", True, {"seeds": n_seeds})
-
-    def sds(sub: list[dict]) -> list[dict]:
-        return [r for r in pooled_seed_sd(sub, by="bits") if r["sd"] is not None]
-
-    def worded(rows: list[dict]) -> str:
-        return ", ".join(f"{r['bits']}-bit {r['sd']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" for r in rows)
-
-    parts, numbers = [], {}
-    for ev in sorted({c["eval"] for c in cells}):
-        resolved = [c for c in cells if c["eval"] == ev and c.get("method") == "rtn" and c["delta_loss_ci_low"] > 0]
-        past = [c for c in resolved if gate_loss and c["fp_loss"] <= gate_loss.get(c.get("tokens_digest"), -math.inf)]
-        rows, rows_past = sds(resolved), sds(past)
-        numbers[ev] = {"resolved": {r["bits"]: (r["sd"], r["ci_low"], r["ci_high"], r["df"]) for r in rows},
-                       "past_gate": {r["bits"]: (r["sd"], r["ci_low"], r["ci_high"], r["df"]) for r in rows_past}}
-        parts.append(f"`{ev}`: {worded(rows)}" + (f"; past the bigram gate {worded(rows_past)}" if rows_past else
-                                                  "; no checkpoints of two seeds past the bigram gate" if gate_loss
-                                                  else ""))
-    text = (f"**Training seeds** ({n_seeds} training seeds, each a whole trajectory): the seed-to-seed SD of "
-            f"log Δloss, pooled within size, schedule and budget (95% χ² intervals; RTN cells whose interval "
-            f"excludes 0), is " + "; ".join(parts) + ". Early checkpoints, whose Δ is near 0, scatter most. The fits "
-            "resample seeds, whole trajectories, before checkpoints.")
-    return Claim("seeds", text, True, numbers)
-
-
 def _fit_rows(fits: list[dict], law: str, ev: str | None = None, axis: str | None = "nominal") -> list[dict]:
     return [f for f in fits if f["law"] == law and f["status"] == "ok" and (ev is None or f["eval"] == ev)
             and (axis is None or f.get("bits_axis") in (axis, None))]
@@ -228,10 +136,6 @@ def noise_aware(fits: list[dict]) -> bool:
     """Whether the stored fits carry the misfit test against measured noise (qsens.fit.noise). Fits stored before
     it keep the block they had (the old rule's sentence, no D* bullet): `qsens fit` is what changes the block."""
     return any("noise" in (f.get("diagnostics") or {}) for f in fits if f["status"] == "ok")
-
-
-def _span(v: list[float]) -> str:
-    return f"{v[0]:.2f}–{v[-1]:.2f}" if v else "-"
 
 
 def verdicts(fits: list[dict]) -> Claim:
@@ -254,14 +158,14 @@ def verdicts(fits: list[dict]) -> Claim:
         noise = ""
         if aware:
             seeds = sorted({t["n_seeds"] for t in tests})
-            noise = (f"excess SD beyond the measured noise {_span(sorted(t['tau'] for t in tests))} in {len(tests)} "
+            noise = (f"excess SD beyond the measured noise {span(sorted(t['tau'] for t in tests))} in {len(tests)} "
                      f"tested, noise from eval" + (" and seeds (" + "/".join(map(str, seeds)) + " seeds)"
                                                    if seeds and seeds[-1] > 1 else " only (one training seed)") + ", ")
         parts.append(f"{law}: {counts['fits']} of {len(rows)} fit"
                      + (f", {counts['does not fit']} do not fit" if counts["does not fit"] else "")
                      + (f", {counts['degenerate']} degenerate" if counts["degenerate"] else "")
                      + (f", {counts['unchecked']} too small to check" if counts["unchecked"] else "")
-                     + f" ({noise}residual SD {_span(sds)}, leave-largest-D-out RMS {_span(loos)}, log units)")
+                     + f" ({noise}residual SD {span(sds)}, leave-largest-D-out RMS {span(loos)}, log units)")
     rule = ("excess SD beyond the measured noise ≤ 0.25 or χ² p ≥ 0.01, residual SD ≤ 0.25 where the noise is not "
             "measured" if aware else "residual SD ≤ 0.25")
     text = (f"**Do the laws fit?** ({rule}, leave-largest-D-out RMS ≤ log 1.5, no significant bend of "
@@ -374,17 +278,20 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2g}"
 
 
-def _ci(c: dict | None) -> str:
+def _ci(c: dict | None, floor: set[tuple] = frozenset()) -> str:
     if c is None:
         return "-"
     v, lo, hi = c["delta_loss"], c.get("delta_loss_ci_low"), c.get("delta_loss_ci_high")
+    if (c["eval"], c.get("checkpoint"), c.get("bits")) in floor:
+        return f"{_fmt(v)}†"
     if lo is None or lo <= 0 <= hi:
         return _fmt(v)
     return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def delta_table(cells: list[dict], ev: str, family: str) -> str:
-    """Markdown: N, D/N, fp loss and Δloss per bit width with 95% intervals (shown where they exclude 0)."""
+def delta_table(cells: list[dict], ev: str, family: str, floor: set[tuple] = frozenset()) -> str:
+    """Markdown: N, D/N, fp loss and Δloss per bit width with 95% intervals (shown where they exclude 0; † where
+    the cell is within the resolution floor, `within_floor`)."""
     sub = [c for c in cells if c["eval"] == ev and c["family"] == family and c.get("bits") is not None]
     bits = sorted({c["bits"] for c in sub})
     grid: dict[tuple, dict] = defaultdict(dict)
@@ -393,7 +300,7 @@ def delta_table(cells: list[dict], ev: str, family: str) -> str:
     head = ("| N | D/N | fp loss | " + " | ".join(f"{b}-bit" for b in bits) + " |\n"
             + "|---" * (3 + len(bits)) + "|")
     rows = [f"| {n:,} | {d / n:.3g} | {next(iter(row.values()))['fp_loss']:.3f} | "
-            + " | ".join(_ci(row.get(b)) for b in bits) + " |" for (n, d), row in sorted(grid.items())]
+            + " | ".join(_ci(row.get(b), floor) for b in bits) + " |" for (n, d), row in sorted(grid.items())]
     return "\n".join([head] + rows)
 
 
@@ -406,20 +313,13 @@ def load(results_dir: str | Path) -> tuple[list[dict], list[dict], list[dict]]:
     return _ok(read_cells(results_dir, status="ok")), fits, comparisons
 
 
-def gate_losses(results_dir: str | Path) -> dict[str, float] | None:
-    """{tokens digest: fp loss of the bigram gate} from the results folder's n-gram baselines; None without them."""
-    from qsens.testbed.gates import read_baselines
-
-    stored = read_baselines(Path(results_dir))
-    return {digest: b["gate_loss"] for digest, b in stored.items()} if stored else None
-
-
 def claims(results_dir: str | Path, ev: str = "heldout-novels") -> list[Claim]:
     cells, fits, comparisons = load(results_dir)
     quantized = [c for c in cells if c.get("method") != "cast"]  # the resolution floor is no quantizer's finding
     gates = gate_losses(results_dir)
     found = [fp_monotone(quantized), growth(quantized, gates), u_curve(quantized, ev), documents(quantized),
-             seeds(quantized, gates), verdicts(fits), schedules(comparisons, fits), gamma(fits, ev)]
+             seeds(quantized, gates), resolution(quantized, fits), verdicts(fits), schedules(comparisons, fits),
+             gamma(fits, ev)]
     return found + ([d_star(fits, ev)] if noise_aware(fits) else [])
 
 
@@ -439,18 +339,10 @@ def claims_markdown(results_dir: str | Path, ev: str = "heldout-novels", label: 
             f"`{ev}`, family `{family}`"
             + (f" (training seed {seed[0]})" if len(seed) == 1 and seed[0] is not None else "")
             + f", Δloss in nats/token with 95% block-bootstrap intervals over these tokens (shown where they "
-            f"exclude 0){_scope_note(cells, ev)}:\n\n{delta_table(cells, ev, family)}\n\n{bullets}\n\n"
+            f"exclude 0; † within the resolution floor){scope_note(cells, ev)}:\n\n"
+            f"{delta_table(cells, ev, family, within_floor(fits))}\n\n{bullets}\n\n"
             f"Fitted laws, `{ev}`, nominal bits (95% bootstrap intervals; Ouyang et al. report β = {OUYANG_BETA}, "
             f"γ = {OUYANG_GAMMA}):\n\n{laws_table(fits, ev)}\n")
-
-
-def _scope_note(cells: list[dict], ev: str) -> str:
-    from qsens.metrics.docinterval import THESE_DOCUMENTS_ONLY, cell_documents, scope_of
-
-    c = next((c for c in cells if c["eval"] == ev and c.get("window_sums")), None)
-    n = cell_documents(c) if c is not None else 0
-    return f", *{THESE_DOCUMENTS_ONLY}* ({n} document{'s' if n > 1 else ''})" \
-        if n and scope_of(n) == THESE_DOCUMENTS_ONLY else ""
 
 
 def replace_block(readme: str, block: str, begin: str = BEGIN, end: str = END) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from qsens.fit.groups import BITS_AXES
 from qsens.fit.laws import DELTA_LAWS, LAWS
 from qsens.fit.pipeline import compare_schedules, fit_cells
+from qsens.metrics.docinterval import cells_document_sums
 from qsens.store.cells import read_cells
 from qsens.store.fits import write_fits
 from qsens.store.sqlite import StoreError, connect, database
@@ -105,7 +106,7 @@ def fit_results(results_dir: str | Path, options: FitOptions = FitOptions()) -> 
             raise NoCellsToFit(f"every ok cell in {database(results)} is within its resolution floor")
     laws = tuple(LAWS[name] for name in options.laws)
     fitted = fit_cells(cells, metric=options.metric, n_boot=options.n_boot, seed=options.seed, laws=laws,
-                       bits_axes=options.bits_axes)
+                       bits_axes=options.bits_axes, documents=cells_document_sums)
     run = FitRun(results, [f.record for f in fitted], compare_schedules(fitted), resolution=resolution)
     if options.store:
         write_fits(results, run.records, run.comparisons)

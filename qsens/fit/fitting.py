@@ -41,9 +41,19 @@ a fit draws the same seeds and units in draw i as its siblings; a fit of one see
 seed 0 alone) ignores the seed draw and resamples units as before, so its units stay paired. The expanded
 percentiles, the jackknife (BCa) and the sandwich errors stay per unit (N, D), every seed's points of a unit
 together. With one seed the draws are exactly those of the unit bootstrap alone.
+
+Documents (issue 21): where every point was scored on the same a >= 5 documents (`Points.doc_num`/`doc_den`, from
+the cells' per-window sums; e.g. WikiText-2 test by article), each draw also resamples the documents with
+replacement, one draw shared by every point (one eval's documents score every checkpoint, so a hard document
+moves all of them), and recomputes each point's y on them; a point whose y is then not positive leaves that draw.
+The document draws come from a stream of their own, so the seed and unit draws, and the pairing of sibling fits,
+are unchanged. With fewer documents (the two held-out novels) nothing is resampled: such an eval's intervals are
+for those documents only (qsens.metrics.docinterval).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from dataclasses import dataclass, field
 
@@ -293,6 +303,8 @@ def bootstrap(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray, n
         members_of = [[np.flatnonzero((x.cluster == c) & (x.replicate == s)) for c in universe]
                       for s in seed_universe]
     rng = np.random.default_rng(seed)
+    # documents (module doc) from a stream of their own, so the unit and seed draws stay those of a fit without them
+    doc_rng = np.random.default_rng([seed, DOCUMENT_STREAM]) if x.doc_num is not None else None
     free_start = [np.array([v for p, v in zip(law.params, theta) if p not in fixed])]
     draws, ids, failed = [], [], 0
     for b in range(n_boot):
@@ -300,6 +312,8 @@ def bootstrap(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray, n
         pick = rng.integers(0, len(universe), len(universe))
         chosen = ([members_of[s][i] for s in seed_pick for i in pick] if by_seed else [members[i] for i in pick])
         sample = x.take(np.concatenate(chosen + [np.array([], dtype=int)]))
+        if doc_rng is not None:
+            sample = with_documents(sample, doc_rng.integers(0, x.doc_num.shape[1], x.doc_num.shape[1]))
         try:
             check_identifiable(law, sample, fixed)
             starts = free_start if not law.linear else None
@@ -308,6 +322,18 @@ def bootstrap(law: Law, x: Points, fixed: dict[str, float], theta: np.ndarray, n
         except (FitError, ValueError, np.linalg.LinAlgError):
             failed += 1
     return np.array(draws).reshape(-1, len(law.params)), failed, np.array(ids, dtype=int)
+
+
+DOCUMENT_STREAM = 7  # the document draws' stream: default_rng([seed, 7]), apart from the units' default_rng(seed)
+
+
+def with_documents(x: Points, docs: np.ndarray) -> Points:
+    """x with every point's y recomputed on the documents `docs` (int [a], drawn with replacement; the same draw for
+    every point, since one eval's documents score every checkpoint); points whose recomputed y is not positive are
+    dropped from this draw (a log-space fit cannot take them)."""
+    y = x.doc_num[:, docs].sum(axis=1) / x.doc_den[:, docs].sum(axis=1)
+    keep = np.flatnonzero(np.isfinite(y) & (y > 0))
+    return dataclasses.replace(x.take(keep), y=y[keep])
 
 
 def loo_largest_d(law: Law, x: Points, fixed: dict[str, float], e_floor: float | None = None) -> list[dict]:

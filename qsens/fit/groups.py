@@ -31,6 +31,7 @@ fitted; every output names its axis.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -156,14 +157,16 @@ def exclusion_reason(cell: dict, metric: str) -> str | None:
 
 
 def to_points(cells: list[dict], metric: str, with_bits: bool = True, bits_axis: str = "nominal",
-              exclude_no_evidence: bool = True) -> tuple[Points, list[dict], list[tuple[str, float]]]:
+              exclude_no_evidence: bool = True, documents=None) -> tuple[Points, list[dict], list[tuple[str, float]]]:
     """(points with finite positive metric, excluded points, (cell key, value) inputs for the fit key).
     with_bits=False leaves P as NaN (the fp-loss fit does not depend on the quantizer); bits_axis picks P's column
     (`bits` or `effective_bits`); exclude_no_evidence=False keeps cells whose interval includes 0 (the old rule,
     for comparison only).
 
     Points arrays have shape (m,), `noise` each cell's eval SD of log y from its interval (qsens.fit.noise);
-    excluded is a list of {checkpoint, bits, value, reason}."""
+    excluded is a list of {checkpoint, bits, value, reason}. documents: `f(kept cells, metric)` -> (numerator, token
+    count) per cell and document, float64 [m, a] each, or None (qsens.metrics.docinterval.cells_document_sums): with it
+    the points carry `doc_num`/`doc_den` and the bootstrap resamples documents (qsens.fit.fitting)."""
     rows, excluded, inputs = [], [], []
     for c in sorted(cells, key=lambda c: (checkpoint_id(c), c.get("bits") or 0, str(c.get("key")))):
         value = c.get(metric)
@@ -193,6 +196,9 @@ def to_points(cells: list[dict], metric: str, with_bits: bool = True, bits_axis:
         noise=np.array([eval_sd(c.get(metric), c.get(f"{metric}_ci_low"), c.get(f"{metric}_ci_high")) for c in rows],
                        dtype=float),
     )
+    docs = documents(rows, metric) if documents is not None else None
+    if docs is not None:
+        points = dataclasses.replace(points, doc_num=docs[0], doc_den=docs[1])
     return points, excluded, inputs
 
 

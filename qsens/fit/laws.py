@@ -55,7 +55,10 @@ class Points:
     replicate: str [m], the training seed of each point's checkpoint (qsens.fit.groups.replicate_id), or None
     (one seed): with several, the bootstrap resamples seeds too (qsens.fit.fitting, training seeds);
     noise: float64 [m], the eval noise of each point as an SD of log y (qsens.fit.noise.eval_sd; NaN where the cell
-    has no interval), or None: what the misfit test compares the residuals with."""
+    has no interval), or None: what the misfit test compares the residuals with;
+    doc_num, doc_den: float64 [m, a], each point's per-document sums of y's numerator and of its token counts (y =
+    doc_num.sum(1) / doc_den.sum(1)), where every point was scored on the same a >= 5 documents, or None: with them
+    the bootstrap resamples documents too (qsens.fit.fitting, documents)."""
 
     n: np.ndarray
     d: np.ndarray
@@ -65,11 +68,16 @@ class Points:
     keys: tuple[str, ...]
     replicate: np.ndarray | None = None
     noise: np.ndarray | None = None
+    doc_num: np.ndarray | None = None
+    doc_den: np.ndarray | None = None
 
     def take(self, idx: np.ndarray) -> "Points":
+        def rows(a):
+            return None if a is None else a[idx]
+
         return Points(self.n[idx], self.d[idx], self.p[idx], self.y[idx], self.cluster[idx],
-                      tuple(self.keys[i] for i in idx), None if self.replicate is None else self.replicate[idx],
-                      None if self.noise is None else self.noise[idx])
+                      tuple(self.keys[i] for i in idx), rows(self.replicate), rows(self.noise), rows(self.doc_num),
+                      rows(self.doc_den))
 
     def __len__(self) -> int:
         return len(self.y)

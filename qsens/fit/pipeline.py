@@ -60,12 +60,13 @@ def entropy_floor(cells: list[dict]) -> float | None:
 
 
 def fit_group(law: Law, group: groups.GroupKey, cells: list[dict], metric: str, n_boot: int,
-              seed: int, universe: np.ndarray | None = None, seeds: np.ndarray | None = None) -> Fitted:
+              seed: int, universe: np.ndarray | None = None, seeds: np.ndarray | None = None,
+              documents=None) -> Fitted:
     """Fit one law to one group of cells; never raises for too little data (status 'insufficient').
     universe, seeds: the bootstrap units and training seeds of the group's fit group and eval (default: the
-    group's own; qsens.fit.fitting)."""
+    group's own; qsens.fit.fitting); documents: per-document sums of the cells, or None (groups.to_points)."""
     points, excluded, inputs = groups.to_points(cells, metric, with_bits=law.target == "delta",
-                                                bits_axis=group.bits_axis or "nominal")
+                                                bits_axis=group.bits_axis or "nominal", documents=documents)
     record = {
         "key": fit_key(law.name, group, metric, inputs), "law": law.name, "formula": law.formula,
         "metric": metric, **group.as_dict(), "family": groups.family_label(cells),
@@ -97,7 +98,10 @@ def fit_group(law: Law, group: groups.GroupKey, cells: list[dict], metric: str, 
                    "draws": {"params": list(law.params), "values": draws.tolist(),
                              "ids": result.draw_ids[:MAX_STORED_DRAWS].tolist(),
                              # the training seeds resampled as whole trajectories (absent: one seed)
-                             **({"seeds": list(result.seeds)} if result.seeds else {})}}, result)
+                             **({"seeds": list(result.seeds)} if result.seeds else {}),
+                             # documents resampled in each draw (absent: fewer than 5, kept fixed)
+                             **({"documents": int(result.points.doc_num.shape[1])}
+                                if result.points.doc_num is not None else {})}}, result)
 
 
 def paired_draws(a: FitResult, b: FitResult) -> tuple[np.ndarray, np.ndarray]:
@@ -145,9 +149,12 @@ def d_star_table(fp: FitResult, delta: FitResult, cells: list[dict], bits_axis: 
 
 
 def fit_cells(cells: list[dict], metric: str = "delta_loss", n_boot: int = 1000, seed: int = 0,
-              laws: tuple[Law, ...] = DELTA_LAWS, bits_axes: tuple[str, ...] = groups.BITS_AXES) -> list[Fitted]:
+              laws: tuple[Law, ...] = DELTA_LAWS, bits_axes: tuple[str, ...] = groups.BITS_AXES,
+              documents=None) -> list[Fitted]:
     """Every law on every group: the fp-loss (Chinchilla) fits first, then the degradation laws with D*, on each
-    bits axis (the per-bit Ouyang form does not depend on the axis and is fitted once, on nominal bits)."""
+    bits axis (the per-bit Ouyang form does not depend on the axis and is fitted once, on nominal bits).
+    documents: `f(cells, metric)` giving per-document sums (qsens.metrics.docinterval.cells_document_sums), so the
+    bootstrap resamples documents too; None keeps them fixed."""
     members = {}  # (fit group, eval) -> its cells, across schedules
     for c in cells:
         if c.get("n_params") and c.get("tokens"):
@@ -155,14 +162,14 @@ def fit_cells(cells: list[dict], metric: str = "delta_loss", n_boot: int = 1000,
     universe = {k: groups.units(v) for k, v in members.items()}  # every bootstrap unit (N, D) of it
     seed_universe = {k: groups.seeds(v) for k, v in members.items()}  # every training seed of it
     fp_fits = {g: fit_group(CHINCHILLA, g, cs, "fp_loss", n_boot, seed, universe[(g.fit_group, g.eval)],
-                            seed_universe[(g.fit_group, g.eval)])
+                            seed_universe[(g.fit_group, g.eval)], documents)
                for g, cs in groups.fp_groups(cells).items()}
     out = list(fp_fits.values())
     for law in laws:
         for axis in bits_axes if law.pooled_bits else ("nominal",):
             for g, cs in groups.delta_groups(cells, per_bits=not law.pooled_bits, bits_axis=axis).items():
                 fitted = fit_group(law, g, cs, metric, n_boot, seed, universe[(g.fit_group, g.eval)],
-                                   seed_universe[(g.fit_group, g.eval)])
+                                   seed_universe[(g.fit_group, g.eval)], documents)
                 fp = fp_fits.get(groups.GroupKey(g.fit_group, g.schedule, g.eval))
                 if metric == "delta_loss" and fitted.result is not None and fp is not None and fp.result is not None:
                     fitted.record["d_star"] = d_star_table(fp.result, fitted.result, cs, axis)

@@ -142,3 +142,24 @@ def cell_document_interval(a: dict, b: dict | None = None, metric: str = "delta_
     n = sa["n_tokens"]
     return document_interval(num, n, sa["doc"], samples=samples, confidence=confidence, seed=seed,
                              min_block=min_block_windows(n.sum(), n.size))
+
+
+def cells_document_sums(cells: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(numerator, token count) per cell and document, float64 [m, a] each, from the cells' `window_sums`, when
+    every cell keeps them, `metric` is a per-token mean they hold (qsens.metrics.compare.SUMS) and all were scored on
+    the same a >= MIN_DOCUMENTS documents; else None: fewer documents cannot stand for
+    other text (labelled 'these documents only'), so the fit's draws keep them fixed."""
+    from qsens.metrics.compare import SUMS, decode_window_sums
+
+    if not cells or metric not in SUMS or not all(c.get("window_sums") for c in cells):
+        return None
+    num, den = [], []
+    for c in cells:
+        sums = decode_window_sums(c["window_sums"])
+        _, which = np.unique(sums["doc"], return_inverse=True)
+        num.append(np.bincount(which, weights=SUMS[metric](sums)))
+        den.append(np.bincount(which, weights=sums["n_tokens"]))
+    if len({len(v) for v in num}) != 1 or len(num[0]) < MIN_DOCUMENTS:
+        return None
+    return np.array(num), np.array(den)
+

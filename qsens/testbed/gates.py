@@ -137,9 +137,6 @@ def family_report(spec_path: Path, family_dir: Path, results: Path, suite_path: 
             "exponent_gates_checkpoints_passing_the_gate": gates(lambda name: name in passing)}
 
 
-BASELINES_FILE = "baselines.json"
-
-
 def _train_file(manifest_path: Path, name: str) -> Path:
     """A manifest's `train_text` entry as a file: manifests written by `qsens family train` keep the spec's paths,
     relative to the spec, which sits in the family folder or above it; so the folder and then each parent."""
@@ -206,16 +203,10 @@ def suite_baselines(suite, margin: float = 0.3) -> dict[str, dict]:
 
 
 def write_baselines(results_dir: Path, suite, margin: float = 0.3) -> Path:
-    """Write `suite_baselines` to results_dir/baselines.json; returns the path."""
-    path = Path(results_dir) / BASELINES_FILE
-    path.write_text(json.dumps(suite_baselines(suite, margin), indent=1, sort_keys=True) + "\n")
-    return path
+    """Write `suite_baselines` into the results folder (`qsens.store.baselines`); returns the file's path."""
+    from qsens.store.baselines import write
 
-
-def read_baselines(results_dir: Path) -> dict[str, dict]:
-    """{tokens digest: baselines} from results_dir/baselines.json, {} when there is none."""
-    path = Path(results_dir) / BASELINES_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return write(Path(results_dir), suite_baselines(suite, margin))
 
 
 def checkpoint_losses(manifest_path: Path, text: str, protocol, tokenizer) -> dict[str, float]:

@@ -123,7 +123,8 @@ def test_suite_baselines_count_the_family_training_text_on_the_cells_tokens(tiny
     from qsens.runner.loop import run_suite
     from qsens.store import ResultStore
     from qsens.suites.load import load_suite
-    from qsens.testbed.gates import read_baselines, write_baselines
+    from qsens.store.baselines import read as read_baselines
+    from qsens.testbed.gates import write_baselines
 
     (tmp_path / "eval.txt").write_text(gzip.decompress((REPO / "data/novels/Vathek.txt.gz").read_bytes()).decode()[20000:26000])
     path = tmp_path / "suite.yaml"

@@ -1,4 +1,4 @@
-"""The findings block's sentences on what intervals cover: documents, and training seeds."""
+"""The findings block's sentences on what its numbers rest on (qsens.analysis.evidence): documents, seeds, resolution."""
 
 import math
 import statistics
@@ -6,7 +6,7 @@ import statistics
 import numpy as np
 import pytest
 
-from qsens.analysis.claims import documents, seeds
+from qsens.analysis.evidence import documents, seeds
 from qsens.metrics.compare import encode_window_sums
 
 
@@ -56,3 +56,22 @@ def test_the_seed_sd_is_the_pooled_sd_of_log_delta_within_checkpoint():
 def test_one_seed_says_no_interval_contains_training_noise():
     rng = np.random.default_rng(3)
     assert "no interval contains training noise" in seeds([cell(2, rng)]).text
+
+
+def test_resolution_counts_cells_and_marks_the_floored_ones_in_the_table():
+    from qsens.analysis.claims import delta_table
+    from qsens.analysis.evidence import resolution, within_floor
+    from qsens.fit.groups import UNRESOLVED
+
+    rng = np.random.default_rng(4)
+    cells = [cell(2, rng, tokens=1, delta=-0.01, ci=(-0.02, 0.0)), cell(2, rng, tokens=2, delta=0.01, ci=(-0.01, 0.03)),
+             cell(2, rng, tokens=3, delta=0.02, ci=(0.01, 0.03)), cell(2, rng, tokens=4, delta=0.2, ci=(0.1, 0.3))]
+    for i, c in enumerate(cells):
+        c["checkpoint"] = f"ck{i}"
+    fits = [{"status": "ok", "eval": "e", "excluded": [{"checkpoint": "ck2", "bits": 2, "reason": UNRESOLVED},
+                                                        {"checkpoint": "ck0", "bits": 2, "reason": "non-positive"}]}]
+    assert within_floor(fits) == {("e", "ck2", 2)}
+    claim = resolution(cells, fits)
+    assert claim.numbers == {"cells": 4, "nonpositive": 1, "includes_zero": 1, "within_floor": 1}
+    table = delta_table(cells, "e", "f", within_floor(fits))
+    assert "| 0.0200† |" in table and "0.2000 [0.1000, 0.3000]" in table and "| 0.0100 |" in table
