@@ -207,7 +207,8 @@ def to_markdown(results: list[dict], command: str) -> str:
     lines = [f"Scoring throughput vs lm-eval 0.4 `loglikelihood_rolling` and vs the machine's matmul limit "
              f"(`{command}`): rounds interleaved, order reversed every other round; each ratio is the median of "
              "per-round ratios in CPU time (per round in brackets), wall time beside it; > 1 means qsens is faster.",
-             "", "| model | V | dtype, device, threads, BLAS route | tokens | k | fp/lm-eval | cell (KL)/lm-eval | fp + k cells, "
+             "", "| model | V | dtype, device, threads, BLAS route | tokens | k | fp/lm-eval | cell (KL)/lm-eval "
+             "| fp + k cells, "
              "fp passes (ideal 1 + k; goal) | fp pass, share of peak | cell, share of peak | best matmul rate, "
              f"{unit} (last round by route) | load (1 min) per round |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -215,7 +216,8 @@ def to_markdown(results: list[dict], command: str) -> str:
         loads = ", ".join(f"{ld[0]:.1f}" for ld in r["timing"]["load"] if ld)
         lines.append(
             f"| {Path(r['model']).name} | {r['vocab']:,} | {r['dtype']}, {r['device']}, {r['threads']}, "
-            f"{r.get('blas_route', '?')} | {r['scored_tokens']:,} | {r['k']} | {_ratio(r['fp_vs_lmeval'])} | {_ratio(r['cell_vs_lmeval'])} "
+            f"{r.get('blas_route', '?')} | {r['scored_tokens']:,} | {r['k']} | {_ratio(r['fp_vs_lmeval'])} "
+            f"| {_ratio(r['cell_vs_lmeval'])} "
             f"| {r['suite_fp_passes']['cpu']['median']:.2f} ({', '.join(f'{v:.2f}' for v in r['suite_fp_passes']['cpu']['rounds'])}; "
             f"{r['k'] + 1}; ≤ {r['suite_goal_fp_passes']:.1f}) | {r['fp_share_of_peak']['median']:.0%} "
             f"| {r['cell_share_of_peak']['median']:.0%} | {_peak_cell(r)} | {loads} |")

@@ -126,6 +126,7 @@ def run_suite(suite: Suite, results_dir: str | Path, executor: str = "local", pr
     store.set_fit_groups({c.key: c.checkpoint.fit_group for c in cells if c.key in done})
     todo = [c for c in cells if c.key not in done]
     summary = RunSummary(planned_keys=tuple(c.key for c in cells), skipped=len(cells) - len(todo))
-    launch(jobs_by_checkpoint(todo), CheckpointWorker(suite, threads), _Recorder(suite, store, summary).callbacks(),
+    worker = CheckpointWorker(suite, threads=threads)
+    launch(jobs_by_checkpoint(todo), worker, _Recorder(suite, store, summary).callbacks(),
            progress=progress, title=f"qsens {suite.name}", **executor_options)
     return summary

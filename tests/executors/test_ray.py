@@ -175,7 +175,8 @@ def test_a_worker_dead_after_its_first_row_is_resubmitted_with_only_the_rest(tin
 
             super().__call__(job, started, finished_then_die)
 
-    monkeypatch.setattr(loop, "CheckpointWorker", lambda suite: DiesOnce(suite, str(results), str(calls)))
+    monkeypatch.setattr(loop, "CheckpointWorker",
+                        lambda suite, threads=1: DiesOnce(suite, threads, str(results), str(calls)))
     summary = run_suite(load_suite(tiny_suite), results, executor="ray", progress=False, retries=retries, **ray_env)
     cells = {c["key"]: c for c in ResultStore(results).cells()}
     a_calls = [keys for label, keys in map(json.loads, calls.read_text().splitlines()) if label == "a"]
