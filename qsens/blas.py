@@ -15,7 +15,8 @@ this process) or `default`. `QSENS_BLAS` picks: `auto` (default: the shim on AMD
 e.g. to measure it), `off` (never). When the compiler or the loader fails, the route is `default` with a warning
 (the fallback); a resumed run refuses a route other than the one it started with.
 
-Layer: ground (no qsens imports); the trainer, the benchmarks and the scorer use it.
+Layer: ground (no qsens imports); the trainer, the benchmarks and `qsens run`/`qsens nightly` use it, and
+the runner records the route with every cell.
 """
 
 from __future__ import annotations
@@ -151,10 +152,20 @@ def plain_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def ensure() -> str:
-    """Call first thing in a training or benchmark process: re-executes it (same interpreter, same `sys.orig_argv`)
-    with the shim preloaded where `wanted()` and it is not loaded yet; returns the route this process runs with."""
-    if not wanted() or shim_loaded():
+def worker_env() -> dict[str, str]:
+    """Environment variables that give a process started by someone else (a Ray worker, which its raylet starts)
+    this process's route: its LD_PRELOAD when the shim is loaded here, else nothing. Where the shim's path does not
+    exist (another node without this cache), the loader ignores it and that process reports 'default'."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    return {"LD_PRELOAD": preload} if shim_loaded() and "mkl-intel-path-" in preload else {}
+
+
+def ensure(reexec: bool = True) -> str:
+    """Call first thing in a training, scoring or benchmark process: re-executes it (same interpreter, same
+    `sys.orig_argv`) with the shim preloaded where `wanted()` and it is not loaded yet; returns the route this process
+    runs with. `reexec=False` (the CLI called in-process, e.g. `qsens.cli.main([...])` from pytest or a notebook:
+    a restart would rerun that program's whole command line) only reports the route, whatever it is."""
+    if not reexec or not wanted() or shim_loaded():
         return route()
     env = shim_env() if not os.environ.get(_REEXEC_MARK) else None
     if env is None:

@@ -9,7 +9,7 @@ Config (YAML, relative paths resolved against the config file's folder):
 
     suites:
       - {suite: suites/pythia.yaml, results: results/pythia, executor: ray, address: auto}
-      - {suite: suites/olmo.yaml}            # results/<suite name>, local executor
+      - {suite: suites/olmo.yaml}            # results/<suite name>, local executor, 1 thread (threads: N)
     fit: true                                # fit each results folder (qsens.analysis.fit, as `qsens fit`)
     board: {results: results, out: site}     # qsens.board.build.build_board(results, out)
     log: results/nightly.jsonl
@@ -40,6 +40,8 @@ class SuiteEntry(_Strict):
     address: str | None = Field(None, description="Ray cluster address ('auto' = the cluster of this node)")
     num_gpus_per_task: float | None = Field(None, ge=0, le=1024, description="default: 1 if the cluster has GPUs, else 0")
     retries: int = Field(1, ge=0, le=100, description="resubmissions of a checkpoint whose Ray worker died")
+    threads: int = Field(1, ge=1, le=1024, description="torch threads per checkpoint, as `qsens run --threads` "
+                         "(default 1; every core: executor ray, one checkpoint per `threads` CPUs)")
 
 
 class BoardEntry(_Strict):
@@ -140,7 +142,7 @@ def _run_suite(entry: SuiteEntry, base: Path, results_dirs: list[Path]) -> dict:
     options = {}
     if entry.executor == "ray":
         options = {"address": entry.address, "num_gpus_per_task": entry.num_gpus_per_task, "retries": entry.retries}
-    summary = run_suite(suite, results, executor=entry.executor, progress=False, **options)
+    summary = run_suite(suite, results, executor=entry.executor, progress=False, threads=entry.threads, **options)
     out = {"suite": suite.name, "results": str(results), "planned": summary.planned, "skipped": summary.skipped,
            "computed": summary.computed, "failed": summary.failed}
     if summary.failed:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from qsens import blas
 from qsens.bench.peak import forward_flops, linear_shapes, matmul_peak
 from qsens.bench.timing import interleave, load_average
 from qsens.metrics.protocol import Protocol
@@ -142,7 +143,8 @@ def _measure(model, tokenizer, text, tokens, qs, device, context, batch_size, k,
 
     ref = r.results["fp"]
     return {
-        "device": str(device), "threads": torch.get_num_threads(), "context": context, "batch_size": batch_size,
+        "device": str(device), "blas_route": blas.route(), "threads": torch.get_num_threads(), "context": context,
+        "batch_size": batch_size,
         "k": k, "rounds": rounds, "scored_tokens": tokens.n_targets, "vocab": int(model.config.vocab_size),
         "timing": r.as_dict(), "load_after": load_average(),
         "fp_vs_lmeval": r.figure(lambda s: s["lmeval"] / s["fp"]),
@@ -205,15 +207,17 @@ def to_markdown(results: list[dict], command: str) -> str:
     lines = [f"Scoring throughput vs lm-eval 0.4 `loglikelihood_rolling` and vs the machine's matmul limit "
              f"(`{command}`): rounds interleaved, order reversed every other round; each ratio is the median of "
              "per-round ratios in CPU time (per round in brackets), wall time beside it; > 1 means qsens is faster.",
-             "", "| model | V | dtype, device, threads | tokens | k | fp/lm-eval | cell (KL)/lm-eval | fp + k cells, "
+             "", "| model | V | dtype, device, threads, BLAS route | tokens | k | fp/lm-eval | cell (KL)/lm-eval "
+             "| fp + k cells, "
              "fp passes (ideal 1 + k; goal) | fp pass, share of peak | cell, share of peak | best matmul rate, "
              f"{unit} (last round by route) | load (1 min) per round |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         loads = ", ".join(f"{ld[0]:.1f}" for ld in r["timing"]["load"] if ld)
         lines.append(
-            f"| {Path(r['model']).name} | {r['vocab']:,} | {r['dtype']}, {r['device']}, {r['threads']} "
-            f"| {r['scored_tokens']:,} | {r['k']} | {_ratio(r['fp_vs_lmeval'])} | {_ratio(r['cell_vs_lmeval'])} "
+            f"| {Path(r['model']).name} | {r['vocab']:,} | {r['dtype']}, {r['device']}, {r['threads']}, "
+            f"{r.get('blas_route', '?')} | {r['scored_tokens']:,} | {r['k']} | {_ratio(r['fp_vs_lmeval'])} "
+            f"| {_ratio(r['cell_vs_lmeval'])} "
             f"| {r['suite_fp_passes']['cpu']['median']:.2f} ({', '.join(f'{v:.2f}' for v in r['suite_fp_passes']['cpu']['rounds'])}; "
             f"{r['k'] + 1}; ≤ {r['suite_goal_fp_passes']:.1f}) | {r['fp_share_of_peak']['median']:.0%} "
             f"| {r['cell_share_of_peak']['median']:.0%} | {_peak_cell(r)} | {loads} |")

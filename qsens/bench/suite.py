@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from qsens import blas
 from qsens.bench import passes as pass_counter
 from qsens.bench.timing import interleave, load_average
 from qsens.runner.loop import run_suite
@@ -81,7 +82,7 @@ def fp_baseline(suite: Suite, device: torch.device) -> list[dict]:
 
 
 def machine() -> dict:
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "blas_route": blas.route(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform(),
             "torch": torch.__version__}
 
@@ -107,7 +108,7 @@ def _suite_step(suite: Suite, results_dir: str | Path | None, runs: list) -> Non
     with tempfile.TemporaryDirectory(prefix="qsens-bench-suite-") as tmp:
         folder = Path(results_dir) if results_dir is not None and not runs else Path(tmp)
         with pass_counter.counting() as log:
-            summary = run_suite(suite, folder, progress=False)
+            summary = run_suite(suite, folder, progress=False, threads=None)  # run() set the bench's threads
         runs.append((summary, ResultStore(folder).cells(), log.summary()))
 
 
@@ -213,7 +214,8 @@ def to_markdown(r: dict, command: str) -> str:
         *_pass_lines(r),
         f"| device, threads used | {r['device']}, {r['threads']} |",
         f"| load (1 min) per round | {loads} |",
-        f"| machine | {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, OMP_NUM_THREADS "
+        f"| machine | {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, BLAS route "
+        f"{m.get('blas_route', '?')}, OMP_NUM_THREADS "
         f"{m['omp_num_threads'] or 'unset'}, torch {m['torch']}, {m['platform']} |",
         "", "The suite also loads, quantizes, bootstraps intervals and writes rows besides scoring.", "",
         "| checkpoint | scored tokens | fp pass s | building eval tokens s |", "|---|---|---|---|",

@@ -24,7 +24,7 @@ INDEX_METRICS = (("delta_loss", "Δloss", "lower"), ("ppl_ratio", "PPL ratio", "
                  ("kl_mean", "KL", "lower"), ("top1_agree", "top-1 agree", "higher"))
 ROW_KEY = ("suite", "family", "schedule", "eval", "quantizer")
 PROVENANCE = ("git_commit", "qsens_version", "torch_version", "transformers_version", "python_version", "device",
-              "hostname", "seed", "started_at", "finished_at")
+              "hostname", "seed", "started_at", "finished_at", "blas_route", "threads")
 
 
 def slug(*parts) -> str:

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the real command line (`python -m qsens`, the `qsens` script) may be re-executed by `qsens.blas.ensure`; a
+    # caller passing argv runs the CLI inside its own program (pytest, a notebook), which must never restart
+    args.command_line = argv is None
     from qsens.errors import terminal_safe
     from qsens.store.sqlite import StoreError
 

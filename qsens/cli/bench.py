@@ -104,6 +104,14 @@ def _publish(table: str, data, out: Path | None) -> int:
     return 0
 
 
+def _route(args: argparse.Namespace) -> str:
+    """The matmul route `qsens run` takes on this CPU (`qsens.blas.ensure`: may re-execute this process; QSENS_BLAS
+    =off measures the default route), once the arguments are checked and before any matmul."""
+    from qsens import blas
+
+    return blas.ensure(reexec=getattr(args, "command_line", False))
+
+
 def _score(args: argparse.Namespace) -> int:
     import torch
 
@@ -113,11 +121,12 @@ def _score(args: argparse.Namespace) -> int:
         if value < 1:
             print(f"{flag} must be >= 1, got {value}", file=sys.stderr)
             return 2
-    torch.set_num_threads(args.threads)
     for m in args.models:
         if not (m / "config.json").exists():
             print(f"{m}: not a HF model folder (no config.json)", file=sys.stderr)
             return 2
+    _route(args)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else None
     results = [score.run(m, args.text, context=args.context, batch_size=args.batch_size, max_tokens=args.max_tokens,
                          k=args.k, rounds=args.rounds, device=device, profile=args.profile,
@@ -139,6 +148,7 @@ def _suite(args: argparse.Namespace) -> int:
     loaded = load_or_report(str(args.suite))
     if loaded is None:
         return 2
+    _route(args)
     result = suite.run(loaded, threads=args.threads, rounds=args.rounds, limit_checkpoints=args.limit_checkpoints)
     table = suite.to_markdown(result, "qsens " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
                               else "qsens bench suite")
@@ -156,7 +166,8 @@ def _train(args: argparse.Namespace) -> int:
             print(f"{flag} must be >= 1, got {value}", file=sys.stderr)
             return 2
     try:
-        blas.ensure()  # the route training takes on this CPU (may re-execute this process)
+        # the route training takes on this CPU (may re-execute this process)
+        blas.ensure(reexec=getattr(args, "command_line", False))
         torch.set_num_threads(1)
         data = train.run(args.spec, args.sizes.split(",") if args.sizes else None, args.steps, args.rounds,
                          args.compare_blas)

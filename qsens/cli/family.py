@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
             # a bad spec is refused before the process may be re-executed: a refusal costs no restart, and a caller
             # running this in-process (cli main(argv) from Python) gets its exit code back on any CPU
             load_ladder_spec(args.spec)
-            blas.ensure()  # may re-execute this process with MKL's Intel path preloaded (qsens.blas); before any matmul
+            blas.ensure(reexec=getattr(args, "command_line", False))  # may re-execute (qsens.blas); before any matmul
         manifest = train_ladder(args.spec, args.out, args.sizes.split(",") if args.sizes else None, device=args.device,
                                 seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
                                 prepare_only=args.prepare)

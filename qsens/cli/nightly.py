@@ -13,10 +13,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from qsens import blas
     from qsens.errors import terminal_safe
-    from qsens.nightly import ConfigError, run_nightly
+    from qsens.nightly import ConfigError, load_config, run_nightly
 
     try:
+        load_config(args.config)  # a bad config is refused before blas.ensure() may restart the process
+        blas.ensure(reexec=getattr(args, "command_line", False))  # the matmul route of `qsens run` (qsens.blas)
         record = run_nightly(args.config)
     except ConfigError as exc:
         print(terminal_safe(str(exc)), file=sys.stderr)

@@ -144,8 +144,10 @@ class _Driver:
         self.ray, self.worker, self.callbacks, self.bar = ray, worker, callbacks, bar
         self.retries = options["retries"]
         self.inbox = ray.remote(num_cpus=0)(_Inbox).remote()  # holds no CPU a checkpoint task could use
+        runtime_env = {"env_vars": options["env_vars"]} if options["env_vars"] else None
         self.remote = ray.remote(_run_job).options(
-            num_cpus=options["num_cpus_per_task"], num_gpus=options["num_gpus_per_task"], max_retries=0)
+            num_cpus=options["num_cpus_per_task"], num_gpus=options["num_gpus_per_task"], max_retries=0,
+            runtime_env=runtime_env)
         self.threads = max(1, int(options["num_cpus_per_task"]))
         self.finished: set[str] = set()
         self.labels: dict[str, str] = {}
@@ -204,10 +206,13 @@ class _Driver:
 
 def launch(jobs: list[Job], worker: Worker, callbacks: Callbacks, progress: bool = True, title: str = "qsens",
            address: str | None = None, num_gpus_per_task: float | None = None, num_cpus_per_task: float = 1,
-           retries: int = 1, temp_dir: str | None = None, num_cpus: int | None = None) -> None:
+           retries: int = 1, temp_dir: str | None = None, num_cpus: int | None = None,
+           env_vars: dict[str, str] | None = None) -> None:
     """Run `jobs` as Ray tasks, all claimed up front (the cluster gets its work at once).
 
     num_gpus_per_task: default 1 when the cluster has GPUs, else 0 (CPU only).
+    env_vars: set in each task's worker process as it starts (Ray's runtime_env), e.g. the caller's LD_PRELOAD
+        (`qsens.blas.worker_env()`): the raylet starts workers with its own environment, not the caller's.
     retries: how many times the unfinished cells of a job whose worker died are resubmitted.
     temp_dir, num_cpus: only for a local instance started here (tests keep Ray's files in a temporary dir).
     """
@@ -215,7 +220,7 @@ def launch(jobs: list[Job], worker: Worker, callbacks: Callbacks, progress: bool
     if not jobs:
         return
     ray = connect(address, temp_dir=temp_dir, num_cpus=num_cpus)
-    options = {"retries": retries, "num_cpus_per_task": num_cpus_per_task,
+    options = {"retries": retries, "num_cpus_per_task": num_cpus_per_task, "env_vars": env_vars,
                "num_gpus_per_task": _gpus_per_task(ray, num_gpus_per_task)}
     total = sum(len(job) for job in jobs)
     with tqdm(total=total, desc=f"{title} (ray)", unit="cell", disable=not progress) as bar:

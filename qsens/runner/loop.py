@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qsens import blas
 from qsens.errors import MAX_ERROR_CHARS
 from qsens.executors import Callbacks, Job, launcher
 from qsens.runner.plan import Cell, identity_row, plan_cells
@@ -103,9 +104,20 @@ class _Recorder:
 
 
 def run_suite(suite: Suite, results_dir: str | Path, executor: str = "local", progress: bool = True,
-              **executor_options) -> RunSummary:
+              threads: int | None = 1, **executor_options) -> RunSummary:
     """Compute every cell of `suite` not yet 'ok' in `results_dir`, on `executor` (one of `qsens.executors.EXECUTORS`,
-    with its `executor_options`); each row is stored as it is made, so a run stopped anywhere resumes."""
+    with its `executor_options`); each row is stored as it is made, so a run stopped anywhere resumes.
+
+    threads: torch threads per checkpoint job (default 1; None: torch's own setting). With Ray each task also
+    reserves that many CPUs (`num_cpus_per_task`), so the node runs cpus / threads checkpoints at once, and its
+    worker gets this process's LD_PRELOAD (`qsens.blas.worker_env()`); each cell records the route and the thread
+    count of the process that computed it (CheckpointWorker)."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if executor == "ray":
+        if threads is not None:
+            executor_options.setdefault("num_cpus_per_task", threads)
+        executor_options.setdefault("env_vars", blas.worker_env())  # workers take this process's matmul route
     launch = launcher(executor)
     store = ResultStore(results_dir)
     write_resolved_suite(suite, store.dir)
@@ -114,6 +126,7 @@ def run_suite(suite: Suite, results_dir: str | Path, executor: str = "local", pr
     store.set_fit_groups({c.key: c.checkpoint.fit_group for c in cells if c.key in done})
     todo = [c for c in cells if c.key not in done]
     summary = RunSummary(planned_keys=tuple(c.key for c in cells), skipped=len(cells) - len(todo))
-    launch(jobs_by_checkpoint(todo), CheckpointWorker(suite), _Recorder(suite, store, summary).callbacks(),
+    worker = CheckpointWorker(suite, threads=threads)
+    launch(jobs_by_checkpoint(todo), worker, _Recorder(suite, store, summary).callbacks(),
            progress=progress, title=f"qsens {suite.name}", **executor_options)
     return summary

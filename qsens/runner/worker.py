@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qsens import blas
 from qsens.errors import error_text
 from qsens.executors import Job, Report
 from qsens.families.checkpoint import Checkpoint
@@ -70,17 +71,41 @@ class _Quantized:
     outcome: dict
 
 
+def set_threads(threads: int) -> None:
+    """torch's intra-op threads to `threads`, and its inter-op threads too where torch still allows it (once per
+    process, before any inter-op work; a Ray worker process that already ran a task keeps its first setting)."""
+    torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != threads:
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:  # "cannot set number of interop threads after parallel work has started"
+            pass
+
+
 @dataclass(frozen=True)
 class CheckpointWorker:
     """The runner's worker: `worker(job, started, finished)` computes one job (one checkpoint's cells, `Cell`s) on
-    the suite's device of the machine it runs on, with that machine's provenance. Picklable: Ray ships it."""
+    the suite's device of the machine it runs on, with that machine's provenance. Picklable: Ray ships it.
+
+    threads: torch threads for the job (`qsens run --threads`, default 1: one core per checkpoint; a loaded machine
+    ran the all-cores default 9-12x slower, issue 24), restored after it; None leaves torch's setting alone."""
 
     suite: Suite
+    threads: int | None = 1
 
     def __call__(self, job: Job, started: Report, finished: Report) -> None:
-        device = resolve_device(self.suite.spec.device)
-        cells = list(job.cells)
-        run_checkpoint(self.suite, cells[0].checkpoint, cells, device, started, finished, provenance_of(device))
+        saved = torch.get_num_threads()
+        if self.threads is not None:
+            set_threads(self.threads)
+        try:
+            device = resolve_device(self.suite.spec.device)
+            cells = list(job.cells)
+            # read here, in the process that computes the cells (a Ray worker reads its own): the matmul route
+            # (whether MKL's Intel path is loaded, qsens.blas) and the torch threads, beside the versions and device
+            provenance = {**provenance_of(device), "blas_route": blas.route(), "threads": torch.get_num_threads()}
+            run_checkpoint(self.suite, cells[0].checkpoint, cells, device, started, finished, provenance)
+        finally:
+            torch.set_num_threads(saved)
 
 
 def run_checkpoint(suite: Suite, ckpt: Checkpoint, cells: list[Cell], device: torch.device,

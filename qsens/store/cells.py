@@ -57,6 +57,8 @@ PROVENANCE = [
     ("qsens_version", "TEXT"), ("git_commit", "TEXT"), ("torch_version", "TEXT"), ("transformers_version", "TEXT"),
     ("python_version", "TEXT"), ("device", "TEXT"), ("hostname", "TEXT"), ("seed", "INTEGER"),
     ("started_at", "TEXT"), ("finished_at", "TEXT"),
+    # the computing process's matmul route (qsens.blas.route(): 'mkl-intel-path' or 'default') and torch threads
+    ("blas_route", "TEXT"), ("threads", "INTEGER"),
 ]
 COLUMNS = IDENTITY + OUTCOME + [(m, "REAL") for m in METRIC_COLUMNS] + PROVENANCE
 COLUMN_NAMES = [name for name, _ in COLUMNS]

@@ -9,12 +9,14 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from qsens import blas
 from qsens.runner.loop import run_suite
 from qsens.store import ResultStore
 from qsens.store.cells import METRIC_COLUMNS
@@ -44,9 +46,25 @@ def test_ray_gives_the_local_numbers(tiny_suite, tmp_path, ray_env):
             x, y = a[key].get(m), b[key].get(m)
             assert (x is None and y is None) or x == pytest.approx(y, rel=1e-9, abs=1e-12), (m, x, y)
         assert b[key]["status"] == "ok" and b[key]["attempts"] == 1
+        assert b[key]["threads"] == a[key]["threads"] == 1  # read in the worker as it computed the cell
     # incremental: a second ray run finds nothing to do
     again = run_suite(suite, tmp_path / "ray", executor="ray", progress=False, **ray_env)
     assert again.skipped == 6 and again.computed == 0
+
+
+@pytest.mark.skipif(not blas.torch_uses_mkl() or not sys.platform.startswith("linux"),
+                    reason="the shim applies to torch builds with MKL on Linux")
+def test_ray_workers_take_the_route_passed_to_them_and_record_their_own(tiny_suite, tmp_path, ray_env):
+    """The raylet starts workers with its own environment: `env_vars` (what `run_suite` passes from
+    `blas.worker_env()` when the driver runs with the shim) reach the worker process as it starts, so LD_PRELOAD
+    applies; each cell's blas_route is read in its worker (this driver runs on the default route)."""
+    lib = blas.shim_library(tmp_path / "blas")
+    assert lib is not None, "gcc is part of the test environment"
+    suite = dataclasses.replace(load_suite(tiny_suite), checkpoints=load_suite(tiny_suite).checkpoints[:1])
+    summary = run_suite(suite, tmp_path / "res", executor="ray", progress=False, env_vars={"LD_PRELOAD": str(lib)},
+                        **ray_env)
+    cells = ResultStore(tmp_path / "res").cells()
+    assert summary.computed == 3 and {c["blas_route"] for c in cells} == {blas.INTEL_PATH} != {blas.route()}
 
 
 def _parent(pid: int) -> int:
@@ -157,7 +175,8 @@ def test_a_worker_dead_after_its_first_row_is_resubmitted_with_only_the_rest(tin
 
             super().__call__(job, started, finished_then_die)
 
-    monkeypatch.setattr(loop, "CheckpointWorker", lambda suite: DiesOnce(suite, str(results), str(calls)))
+    monkeypatch.setattr(loop, "CheckpointWorker",
+                        lambda suite, threads=1: DiesOnce(suite, threads, str(results), str(calls)))
     summary = run_suite(load_suite(tiny_suite), results, executor="ray", progress=False, retries=retries, **ray_env)
     cells = {c["key"]: c for c in ResultStore(results).cells()}
     a_calls = [keys for label, keys in map(json.loads, calls.read_text().splitlines()) if label == "a"]
