@@ -18,7 +18,9 @@ within it (circular), or the whole document when it has fewer than `b` windows.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,14 +105,34 @@ def _doc_layout(doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[which], n_doc[which]
 
 
+_COUNTS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_COUNTS_KEPT = 4  # a few [samples, W] matrices (37 MB each at 1,000 x 4,700): the cells of one eval share them
+
+
 def block_resample_counts(doc: np.ndarray, block: int, samples: int, seed: int) -> np.ndarray:
-    """[samples, W] int64: how often each window is drawn in each circular-block bootstrap replicate.
+    """[samples, W] int64, read-only: how often each window is drawn in each circular-block bootstrap replicate.
 
     doc: int [W], the document of each window, non-decreasing. Each replicate concatenates blocks whose first
     window is drawn at random and cuts the result at W windows. A start is drawn with probability inversely
     proportional to its block's length, so that every window is drawn once per replicate on average even when
     some documents are shorter than `block`. block = 1 is the ordinary bootstrap over windows.
+    The draw depends on the layout, block, samples and seed only, not on the values resampled, so the cells of
+    one eval (same windows) reuse it: the README's paired tests draw it once per eval and block, not per pair.
     """
+    doc = np.ascontiguousarray(doc)
+    key = (hashlib.sha256(doc.tobytes()).hexdigest(), str(doc.dtype), int(block), int(samples), int(seed))
+    if key in _COUNTS:
+        _COUNTS.move_to_end(key)
+        return _COUNTS[key]
+    counts = _draw_counts(doc, block, samples, seed)
+    counts.setflags(write=False)
+    _COUNTS[key] = counts
+    while len(_COUNTS) > _COUNTS_KEPT:
+        _COUNTS.popitem(last=False)
+    return counts
+
+
+def _draw_counts(doc: np.ndarray, block: int, samples: int, seed: int) -> np.ndarray:
     W = int(np.asarray(doc).size)
     start, n_doc = _doc_layout(doc)
     length = np.minimum(block, n_doc)

@@ -119,3 +119,18 @@ def test_interval_covers_the_true_mean_of_ar1_token_differences(phi):
         half.append((m["delta_loss_ci_high"] - m["delta_loss_ci_low"]) / 2)
     assert 0.93 <= covered / trials <= 0.97
     assert np.mean(half) / (1.96 * ar1_se_of_mean(phi, n)) == pytest.approx(1.0, abs=0.1)
+
+
+def test_resample_counts_are_drawn_once_per_layout_and_never_written():
+    """Cells of one eval share their windows, so the draw is reused: the same counts as a fresh draw, read-only,
+    and a different layout, block or seed is a different draw."""
+    from qsens.metrics.blocks import _draw_counts, block_resample_counts
+
+    doc = np.repeat(np.arange(5), [40, 7, 90, 3, 60])
+    a = block_resample_counts(doc, 8, 300, 11)
+    assert block_resample_counts(doc.copy(), 8, 300, 11) is a
+    np.testing.assert_array_equal(a, _draw_counts(doc, 8, 300, 11))
+    with pytest.raises(ValueError):
+        a[0, 0] = 5
+    assert not np.array_equal(a, block_resample_counts(doc, 8, 300, 12))
+    assert not np.array_equal(a, block_resample_counts(doc, 4, 300, 11))
