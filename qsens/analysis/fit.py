@@ -90,8 +90,9 @@ def _check_writable(db: Path) -> None:
         con.close()
 
 
-def fit_results(results_dir: str | Path, options: FitOptions = FitOptions()) -> FitRun:
-    """Fit the ok cells of `results_dir` and (unless options.store is False) store the fits there."""
+def fit_results(results_dir: str | Path, options: FitOptions = FitOptions(), on_fit=None) -> FitRun:
+    """Fit the ok cells of `results_dir` and (unless options.store is False) store the fits there.
+    on_fit(record): called as each fit ends (qsens.fit.pipeline.fit_cells), e.g. for a progress bar."""
     results = Path(results_dir)
     cells = _check(results, options)
     if options.store:
@@ -106,7 +107,7 @@ def fit_results(results_dir: str | Path, options: FitOptions = FitOptions()) -> 
             raise NoCellsToFit(f"every ok cell in {database(results)} is within its resolution floor")
     laws = tuple(LAWS[name] for name in options.laws)
     fitted = fit_cells(cells, metric=options.metric, n_boot=options.n_boot, seed=options.seed, laws=laws,
-                       bits_axes=options.bits_axes, documents=cells_document_sums)
+                       bits_axes=options.bits_axes, documents=cells_document_sums, on_fit=on_fit)
     run = FitRun(results, [f.record for f in fitted], compare_schedules(fitted), resolution=resolution)
     if options.store:
         write_fits(results, run.records, run.comparisons)

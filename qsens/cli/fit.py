@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from qsens.analysis.fit import DELTA_LAW_NAMES, FitInputError, FitOptions, NoCellsToFit, fit_results
     from qsens.fit import report
     from qsens.store.sqlite import StoreError
@@ -33,8 +35,14 @@ def main(args: argparse.Namespace) -> int:
     options = FitOptions(metric=args.metric, n_boot=args.bootstrap, seed=args.seed,
                          laws=tuple(args.law or DELTA_LAW_NAMES), store=not args.no_store,
                          bits_axes=("nominal", "effective") if args.bits_axis == "both" else (args.bits_axis,))
+    bar = tqdm(desc="qsens fit", unit="fit", disable=None, file=sys.stderr)  # shown on a terminal only
+
+    def on_fit(record: dict) -> None:
+        bar.set_postfix_str(f"{record['law']} {record.get('eval')} {record.get('quantizer') or ''}".strip())
+        bar.update()
+
     try:
-        run = fit_results(args.results, options)
+        run = fit_results(args.results, options, on_fit=on_fit)
     except NoCellsToFit as exc:
         print(f"qsens fit: {exc}", file=sys.stderr)
         return 1
@@ -44,6 +52,8 @@ def main(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"qsens fit: {exc} (--no-store only prints them)", file=sys.stderr)
         return 3
+    finally:
+        bar.close()
     print(report.summary(run.records, run.comparisons))
     print(f"\n{run.ok} of {len(run.records)} fits ok ({args.bootstrap} bootstrap refits each, seed {args.seed})"
           + (f"; stored in {args.results / 'qsens.sqlite'} (table fits)" if run.stored else ""))

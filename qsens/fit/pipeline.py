@@ -150,11 +150,13 @@ def d_star_table(fp: FitResult, delta: FitResult, cells: list[dict], bits_axis: 
 
 def fit_cells(cells: list[dict], metric: str = "delta_loss", n_boot: int = 1000, seed: int = 0,
               laws: tuple[Law, ...] = DELTA_LAWS, bits_axes: tuple[str, ...] = groups.BITS_AXES,
-              documents=None) -> list[Fitted]:
+              documents=None, on_fit=None) -> list[Fitted]:
     """Every law on every group: the fp-loss (Chinchilla) fits first, then the degradation laws with D*, on each
     bits axis (the per-bit Ouyang form does not depend on the axis and is fitted once, on nominal bits).
     documents: `f(cells, metric)` giving per-document sums (qsens.metrics.docinterval.cells_document_sums), so the
-    bootstrap resamples documents too; None keeps them fixed."""
+    bootstrap resamples documents too; None keeps them fixed. on_fit(record), if given, is called as each fit ends
+    (progress: a fit with 1,000 refits takes seconds to a minute)."""
+    report = on_fit or (lambda record: None)
     members = {}  # (fit group, eval) -> its cells, across schedules
     for c in cells:
         if c.get("n_params") and c.get("tokens"):
@@ -164,6 +166,8 @@ def fit_cells(cells: list[dict], metric: str = "delta_loss", n_boot: int = 1000,
     fp_fits = {g: fit_group(CHINCHILLA, g, cs, "fp_loss", n_boot, seed, universe[(g.fit_group, g.eval)],
                             seed_universe[(g.fit_group, g.eval)], documents)
                for g, cs in groups.fp_groups(cells).items()}
+    for f in fp_fits.values():
+        report(f.record)
     out = list(fp_fits.values())
     for law in laws:
         for axis in bits_axes if law.pooled_bits else ("nominal",):
@@ -175,6 +179,7 @@ def fit_cells(cells: list[dict], metric: str = "delta_loss", n_boot: int = 1000,
                     fitted.record["d_star"] = d_star_table(fp.result, fitted.result, cs, axis)
                     fitted.record["fp_fit_key"] = fp.record["key"]
                     fitted.record["fp_verdict"] = fp.record.get("verdict")  # D* is only as good as both fits
+                report(fitted.record)
                 out.append(fitted)
     return out
 

@@ -81,3 +81,12 @@ def test_the_stored_fit_says_how_many_documents_its_draws_resampled():
                          documents=cells_document_sums)
            if f.record["law"] == "ouyang"]
     assert two and all("documents" not in f.record["draws"] for f in two)
+
+
+def test_each_fit_is_reported_as_it_ends():
+    """`qsens fit` shows progress through on_fit: called once per fit, with the record that is returned."""
+    from qsens.fit.pipeline import fit_cells
+
+    seen = []
+    out = fit_cells(doc_cells(), n_boot=10, laws=(OUYANG,), bits_axes=("nominal",), on_fit=seen.append)
+    assert seen == [f.record for f in out] and len(seen) >= 2  # the fp-loss fit, then the degradation fit(s)
