@@ -76,3 +76,22 @@ def test_report_states_the_paired_difference(pair):
     text = effect_markdown(rows)
     p = paired_difference(b, a)
     assert f"paired difference {p['difference']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]" in text
+
+
+def test_report_pairs_within_a_training_run_and_labels_few_documents(pair):
+    """A family holding two training seeds gives one check per (size, seed): the smallest and largest D of one run,
+    never one seed's largest against the other's smallest; and an eval of < 5 documents says so in its heading."""
+    a, b, _ = pair
+    rows = []
+    for seed, (first, last) in enumerate(((a, b), (b, a))):  # seed 0 grows a -> b, seed 1 shrinks b -> a
+        for cell, tokens in ((first, 1_000_000), (last, 8_000_000)):
+            rows.append({**cell, "status": "ok", "eval": "e", "family": "f", "n_params": 1000, "tokens": tokens,
+                         "train_seed": seed, "checkpoint": f"s{seed}-c{tokens}", "quantizer": "rtn-w2",
+                         "delta_loss_ci_low": None, "delta_loss_ci_high": None})
+    text = effect_markdown(rows)
+    grow, shrink = paired_difference(b, a), paired_difference(a, b)
+    assert "- N=1,000, seed 0: " in text and "- N=1,000, seed 1: " in text
+    before, after = text.split("seed 1:")
+    assert f"{grow['difference']:+.4f}" in before and f"{shrink['difference']:+.4f}" in after
+    assert "| N | seed | D |" in text
+    assert "these documents only: 1 document)" in text  # the pair's window sums hold one document
