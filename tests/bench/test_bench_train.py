@@ -31,8 +31,11 @@ def test_a_short_run_reports_both_trainers_and_a_share_of_the_matmul_rate(tmp_pa
     assert row["size"] == "h16" and len(row["cpu_seconds"]["hf"]) == len(row["cpu_seconds"]["fast"]) == 2
     assert row["tokens_per_cpu_s_fast"] > 0 and row["tokens_per_cpu_s_hf"] > 0
     assert row["speedup"] == pytest.approx(row["tokens_per_cpu_s_fast"] / row["tokens_per_cpu_s_hf"], rel=1e-2)
-    assert 0 < row["share_of_matmul_rate"] == pytest.approx(
-        row["fast_gflop_per_s"] / row["matmul_gflop_per_s_same_shapes"], rel=1e-2)
+    # the rates are stored rounded to 0.01 GFLOP/s and the share to 0.001: their quotient differs from the share by
+    # at most that rounding (a one-step tiny run on a loaded CI machine: 0.28 GFLOP/s, so 2%, not the 1% once allowed)
+    fast, peak = row["fast_gflop_per_s"], row["matmul_gflop_per_s_same_shapes"]
+    slack = 0.0005 + fast / peak * (0.005 / fast + 0.005 / peak)
+    assert 0 < row["share_of_matmul_rate"] == pytest.approx(fast / peak, abs=slack)
     t = row["timing"]  # interleaved, the order reversed in the second round; the per-round speedup in CPU time
     assert t["orders"] == [["hf", "fast"], ["fast", "hf"]] and row["cpu_seconds"]["hf"] == [round(x, 3) for x in t["cpu"]["hf"]]
     per = [h / f for h, f in zip(t["cpu"]["hf"], t["cpu"]["fast"])]
