@@ -106,7 +106,9 @@ def _doc_layout(doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _COUNTS: OrderedDict[tuple, np.ndarray] = OrderedDict()
-_COUNTS_KEPT = 4  # a few [samples, W] matrices (37 MB each at 1,000 x 4,700): the cells of one eval share them
+# the draws kept for reuse, newest last: at most this many bytes besides the newest (a [1,000, 4,700] draw is 37 MB;
+# a long eval's, 1,000 x 50,000 windows, 400 MB, is kept alone)
+_COUNTS_BYTES = 256 << 20
 
 
 def block_resample_counts(doc: np.ndarray, block: int, samples: int, seed: int) -> np.ndarray:
@@ -127,7 +129,7 @@ def block_resample_counts(doc: np.ndarray, block: int, samples: int, seed: int) 
     counts = _draw_counts(doc, block, samples, seed)
     counts.setflags(write=False)
     _COUNTS[key] = counts
-    while len(_COUNTS) > _COUNTS_KEPT:
+    while len(_COUNTS) > 1 and sum(c.nbytes for c in _COUNTS.values()) > _COUNTS_BYTES:
         _COUNTS.popitem(last=False)
     return counts
 

@@ -134,3 +134,19 @@ def test_resample_counts_are_drawn_once_per_layout_and_never_written():
         a[0, 0] = 5
     assert not np.array_equal(a, block_resample_counts(doc, 8, 300, 12))
     assert not np.array_equal(a, block_resample_counts(doc, 4, 300, 11))
+
+
+def test_reused_draws_are_bounded_in_memory(monkeypatch):
+    """Only the newest draw is kept once the kept draws pass the byte budget (a long eval's draw is large)."""
+    from qsens.metrics import blocks
+
+    monkeypatch.setattr(blocks, "_COUNTS", type(blocks._COUNTS)())
+    doc = np.zeros(200, dtype=np.int64)
+    one = blocks.block_resample_counts(doc, 4, 100, 0).nbytes
+    monkeypatch.setattr(blocks, "_COUNTS_BYTES", 2 * one)
+    for seed in range(5):
+        blocks.block_resample_counts(doc, 4, 100, seed)
+    assert len(blocks._COUNTS) == 2 and [k[-1] for k in blocks._COUNTS] == [3, 4]
+    monkeypatch.setattr(blocks, "_COUNTS_BYTES", 0)
+    blocks.block_resample_counts(doc, 4, 100, 9)
+    assert [k[-1] for k in blocks._COUNTS] == [9]
