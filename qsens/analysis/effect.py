@@ -21,13 +21,12 @@ def effect_markdown(cells: list[dict]) -> str:
     Followed by two checks per size: does the fp loss fall monotonically with D, and for each quantizer the
     paired difference Δloss(largest D) - Δloss(smallest D) on the same tokens, with its 95% interval.
     """
-    from qsens.metrics.docinterval import THESE_DOCUMENTS_ONLY, cell_documents, scope_of
+    from qsens.metrics.docinterval import THESE_DOCUMENTS_ONLY, eval_documents, scope_of
 
     ok = [c for c in cells if c["status"] == "ok"]
     out = []
     for ev in sorted({c["eval"] for c in ok}):
-        with_sums = next((c for c in ok if c["eval"] == ev and c.get("window_sums")), None)
-        n_docs = cell_documents(with_sums) if with_sums is not None else 0
+        n_docs = eval_documents(ok, ev)
         scope = (f"; {THESE_DOCUMENTS_ONLY}: {n_docs} document{'s' if n_docs > 1 else ''}"
                  if n_docs and scope_of(n_docs) == THESE_DOCUMENTS_ONLY else "")
         for fam in sorted({c["family"] for c in ok if c["eval"] == ev}):

@@ -12,19 +12,20 @@ from pathlib import Path
 
 from qsens.analysis.claim import LOW_BITS, Claim, series, span
 
+
 def documents(cells: list[dict]) -> Claim:
     """What each eval's intervals cover: its documents, and where there are enough of them to resample
     (`qsens.metrics.docinterval`), the two-level interval's width against the cell's own and the between-document
     share, on the largest budget of each seed-0 (family, size) at 2/3/4 bits."""
     from qsens.metrics.docinterval import (MIN_DOCUMENTS, THESE_DOCUMENTS_ONLY, cell_document_interval,
-                                           cell_documents, scope_of)
+                                           eval_documents, scope_of)
 
     parts, numbers = [], {}
     for ev in sorted({c["eval"] for c in cells}):
         sub = [c for c in cells if c["eval"] == ev and c.get("window_sums")]
         if not sub:
             continue
-        n_docs = cell_documents(sub[0])
+        n_docs = eval_documents(sub, ev)
         n_tokens = int(sub[0].get("n_tokens") or 0)
         if scope_of(n_docs) == THESE_DOCUMENTS_ONLY:
             parts.append(f"`{ev}`: {n_docs} document{'s' if n_docs > 1 else ''}, {n_tokens:,} tokens, every "
@@ -117,10 +118,9 @@ def resolution(cells: list[dict], fits: list[dict]) -> Claim:
 
 
 def scope_note(cells: list[dict], ev: str) -> str:
-    from qsens.metrics.docinterval import THESE_DOCUMENTS_ONLY, cell_documents, scope_of
+    from qsens.metrics.docinterval import THESE_DOCUMENTS_ONLY, eval_documents, scope_of
 
-    c = next((c for c in cells if c["eval"] == ev and c.get("window_sums")), None)
-    n = cell_documents(c) if c is not None else 0
+    n = eval_documents(cells, ev)
     return f", *{THESE_DOCUMENTS_ONLY}* ({n} document{'s' if n > 1 else ''})" \
         if n and scope_of(n) == THESE_DOCUMENTS_ONLY else ""
 

@@ -210,8 +210,9 @@ def _build_into(tmp: Path, out: Path, data: board_data.BoardData, now: datetime)
     snaps, unreadable, trans, added = _history(out, tmp, data, now)
     changes = hist.last_changes(trans)
     plots: dict = {}
+    siblings = seed_siblings(data.cells)
     for family in sorted({c.get("family") for c in data.cells}, key=str):
-        cells = [c for c in data.cells if c.get("family") in seed_siblings(family, data.cells)]
+        cells = [c for c in data.cells if c.get("family") in siblings[family]]
         # layer-set cells get their own heat maps and exponent plots instead of one plot pair per set
         plots[family] = family_plots(family, [c for c in cells if not is_layer_cell(c)], data.fits, tmp) + \
             layer_plots(family, cells, tmp)

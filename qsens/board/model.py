@@ -168,35 +168,34 @@ def _provenance_summary(cells: list[dict]) -> dict:
             if k not in ("started_at", "finished_at", "seed")}
 
 
-def seed_siblings(family: str, cells: list[dict]) -> set[str]:
-    """`family` and the families holding its other training seeds: same fit group (not None) and schedules,
-    training seeds disjoint from its own (a suite names one manifest per family, so the micro family's seeds 1-2,
-    trained after seed 0, are families of their own). Their cells are plotted together: one series per (schedule,
-    N) with a seed band."""
-    def profile(name):
-        own = [c for c in cells if c.get("family") == name]
-        return ({c.get("fit_group") for c in own}, {c.get("schedule") for c in own}, {c.get("train_seed") for c in own})
+def seed_siblings(cells: list[dict]) -> dict[str, set[str]]:
+    """{family: itself and the families holding its other training seeds}: same fit group (not None) and
+    schedules, training seeds disjoint from its own (a suite names one manifest per family, so the micro family's
+    seeds 1-2, trained after seed 0, are families of their own). Their cells are plotted together: one series per
+    (schedule, N) with a seed band. One pass over the cells."""
+    profiles: dict = defaultdict(lambda: (set(), set(), set()))
+    for c in cells:
+        groups, schedules, seeds = profiles[c.get("family")]
+        groups.add(c.get("fit_group"))
+        schedules.add(c.get("schedule"))
+        seeds.add(c.get("train_seed"))
 
-    groups, schedules, seeds = profile(family)
-    if len(groups) != 1 or None in groups or None in seeds:
-        return {family}
-    out = {family}
-    for other in {c.get("family") for c in cells} - {family}:
-        g, sch, sd = profile(other)
-        if g == groups and sch == schedules and None not in sd and not sd & seeds:
-            out.add(other)
-    return out
+    def joins(a, b) -> bool:
+        (ga, sa, da), (gb, sb, db) = profiles[a], profiles[b]
+        return (len(ga) == 1 and None not in ga and ga == gb and sa == sb and None not in da | db
+                and not da & db)
+
+    return {f: {f} | {o for o in profiles if o != f and joins(f, o)} for f in profiles}
 
 
 def eval_scopes(cells: list[dict]) -> list[dict]:
     """Per eval of `cells`: how many documents its cells score and what their intervals cover
     (`qsens.metrics.docinterval.scope_of`); documents 0 where no cell keeps window sums."""
-    from qsens.metrics.docinterval import cell_documents, scope_of
+    from qsens.metrics.docinterval import eval_documents, scope_of
 
     out = []
     for ev in sorted({c.get("eval") for c in cells if c.get("eval")}):
-        c = next((c for c in cells if c.get("eval") == ev and c.get("window_sums")), None)
-        n = cell_documents(c) if c is not None else 0
+        n = eval_documents(cells, ev)
         out.append({"eval": ev, "documents": n, "scope": scope_of(n) if n else None})
     return out
 
@@ -243,11 +242,10 @@ def site_model(data, changes: dict, plots: dict, history: dict, generated_at: st
     by_family: dict = defaultdict(list)
     for c in data.cells:
         by_family[c.get("family")].append(c)
-    families = []
+    families, siblings = [], seed_siblings(data.cells)
     for name in sorted(by_family, key=str):
         fam = family_model(name, by_family[name], data.fits, changes, plots.get(name, []))
-        fam["plotted_with"] = [{"name": f, "page": family_page(f)}
-                               for f in sorted(seed_siblings(name, data.cells) - {name}, key=str)]
+        fam["plotted_with"] = [{"name": f, "page": family_page(f)} for f in sorted(siblings[name] - {name}, key=str)]
         drawn = [p for p in fam["plots"] if p["file"]]
         fam["preview"] = next((p for p in drawn if p["kind"] == "methods"), drawn[0] if drawn else None)
         families.append(fam)

@@ -120,6 +120,13 @@ def cell_documents(cell: dict) -> int:
     return int(np.unique(decode_window_sums(cell["window_sums"])["doc"]).size)
 
 
+def eval_documents(cells: list[dict], ev: str) -> int:
+    """How many documents eval `ev` scores, from the first of `cells` on it that keeps window sums (one eval's
+    cells share their windows); 0 when none does."""
+    c = next((c for c in cells if c.get("eval") == ev and c.get("window_sums")), None)
+    return cell_documents(c) if c is not None else 0
+
+
 def scope_of(n_documents: int) -> str:
     """What an interval over `n_documents` documents can cover: OVER_DOCUMENTS or THESE_DOCUMENTS_ONLY."""
     return OVER_DOCUMENTS if n_documents >= MIN_DOCUMENTS else THESE_DOCUMENTS_ONLY

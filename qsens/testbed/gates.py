@@ -147,21 +147,16 @@ def _train_file(manifest_path: Path, name: str) -> Path:
 
 
 def manifest_stream(manifest_path: Path, tokenizer) -> np.ndarray:
-    """A manifest family's training text as one token stream (int64 [T]), as `qsens.testbed.ladder` builds it:
-    its `train_text` files in order, split into documents at `<|endoftext|>` lines, each tokenized without special
-    tokens and preceded by EOS. (A spec's `max_train_chars` is not in the manifest: the whole files are used.)"""
+    """A manifest family's training text as one token stream (int64 [T]), as `qsens.testbed.ladder` builds it
+    (`training_documents`, `encode_stream`). (A spec's `max_train_chars` is not in the manifest: the whole files are
+    used.)"""
     from qsens.families.manifest import read_manifest
-    from qsens.metrics.text import read_text
-    from qsens.testbed.ladder import EOS
+    from qsens.testbed.ladder import encode_stream, training_documents
 
     manifest = read_manifest(manifest_path)
     if not manifest.train_text:
         raise ValueError(f"{manifest_path}: no train_text, so no n-gram baseline of its training text")
-    docs = [d for name in manifest.train_text for d in read_text(_train_file(manifest_path, name)).split(EOS + "\n")
-            if d.strip()]
-    eos = tokenizer.eos_token_id
-    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
-    return np.concatenate([np.concatenate([[eos], np.asarray(x, dtype=np.int64)]) for x in ids]).astype(np.int64)
+    return encode_stream(training_documents([_train_file(manifest_path, n) for n in manifest.train_text]), tokenizer)
 
 
 def suite_baselines(suite, margin: float = 0.3) -> dict[str, dict]:

@@ -61,9 +61,22 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
     return fast
 
 
+def training_documents(paths: list[Path]) -> list[str]:
+    """The documents of training text files, in order: each file split at `<|endoftext|>` lines (a file without
+    one is one document), empty ones dropped."""
+    return [d for p in paths for d in read_text(p).split(EOS + "\n") if d.strip()]
+
+
+def encode_stream(texts: list[str], tokenizer) -> np.ndarray:
+    """Documents as one training stream (int64 [T]): each tokenized without special tokens, preceded by EOS."""
+    eos = tokenizer.eos_token_id
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]  # a batch: encoded on all cores
+    return np.concatenate([np.concatenate([[eos], np.asarray(x, dtype=np.int64)]) for x in ids])
+
+
 def _texts(spec: LadderSpec, base: Path) -> list[str]:
-    """The training documents: files split at `<|endoftext|>` lines (a file without one is one document)."""
-    texts = [d for p in spec.train_text for d in read_text(base / p).split(EOS + "\n") if d.strip()]
+    """The training documents (`training_documents`), cut at the spec's `max_train_chars`."""
+    texts = training_documents([base / p for p in spec.train_text])
     if spec.max_train_chars is not None:
         kept, left = [], spec.max_train_chars
         for t in texts:
@@ -133,9 +146,7 @@ class Ladder:
         cache = self.out / ".state" / f"stream-{key.hexdigest()[:16]}.npy"
         if cache.is_file():
             return np.load(cache).astype(np.int64)
-        eos = self.tokenizer.eos_token_id
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]  # a batch: encoded on all cores
-        stream = np.concatenate([np.concatenate([[eos], np.asarray(x, dtype=np.int64)]) for x in ids])
+        stream = encode_stream(texts, self.tokenizer)
         cache.parent.mkdir(parents=True, exist_ok=True)
         if len(self.tokenizer) < 2**16:  # uint16 on disk: a quarter of the size
             tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")  # per process: several may prepare at once

@@ -125,7 +125,8 @@ def test_a_family_is_plotted_with_the_families_holding_its_other_seeds():
     all_cells = (cells("a", "cosine", [0]) + cells("a-seeds", "cosine", [1, 2]) + cells("b-seeds", "wsd", [1, 2])
                  + cells("again", "cosine", [0]) + cells("other", "cosine", [3], group="h")
                  + cells("hub", "cosine", [None]))
-    assert seed_siblings("a", all_cells) == {"a", "a-seeds"}
-    assert seed_siblings("a-seeds", all_cells) == {"a", "a-seeds", "again"}  # both hold seed 0; neither holds 1-2
-    assert seed_siblings("b-seeds", all_cells) == {"b-seeds"}
-    assert seed_siblings("hub", all_cells) == {"hub"}
+    siblings = seed_siblings(all_cells)
+    assert siblings["a"] == {"a", "a-seeds"}
+    assert siblings["a-seeds"] == {"a", "a-seeds", "again"}  # both hold seed 0; neither holds 1-2
+    assert siblings["b-seeds"] == {"b-seeds"}
+    assert siblings["hub"] == {"hub"}
