@@ -1,7 +1,11 @@
 """`qsens family train`: tokenizer, data order, and every (size, seed, schedule, budget) checkpoint of a ladder.
 
 Resumable: a checkpoint listed in the manifest is never retrained; a run in flight restarts from its last saved
-state (`<out>/.state/`), and a WSD branch restarts from the stable run's state at its branch point. Several
+state (`<out>/resume/`: fp32 weights, optimizer moments and the next step, a few MB per run), and a WSD branch
+restarts from the stable run's state at its branch point. Run states sit beside the checkpoints, not in the ignored
+`.state/` (which only caches the token stream, rebuilt on demand), because a job that outlives a session must be
+resumable from a fresh clone: commit `resume/` with the checkpoints (scripts/commit_training.sh) and the next
+checkout continues bit-identically; a run that finishes deletes its state. Several
 processes may train different sizes into one folder (`sizes=`): manifest updates hold a file lock.
 
 Two naming schemes. A spec without `cooldowns` (the micro family) names the checkpoints of its `seed`
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from qsens.families.manifest import Manifest, ManifestCheckpoint, read_manifest, write_manifest
 from qsens.testbed.spec import LadderSpec, SizeSpec
@@ -35,6 +40,7 @@ from qsens.testbed.trainer import (DataOrder, as_hf, build_training_model, load_
 from qsens.metrics.text import read_text
 
 EOS = "<|endoftext|>"
+RUN_STATES = "resume"  # <out>/resume/<run>.pt: the state a run in flight resumes from (see the module docstring)
 
 
 def byte_level_bpe(texts: list[str], vocab_size: int):
@@ -123,6 +129,7 @@ def check_training_memory(spec: LadderSpec, sizes: list[SizeSpec], device) -> No
 class Ladder:
     def __init__(self, spec: LadderSpec, spec_path: Path, out: Path, log=None, device: str | None = None):
         self.spec, self.base, self.out = spec, spec_path.parent, out
+        self.run_states = out / RUN_STATES
         self.device = resolve_device(device or spec.device)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +221,7 @@ class Ladder:
         total = self.spec.steps_for(budget)
         lr_of = lambda s: lr_at(s, total, self.spec, "cosine")  # noqa: E731
         model, opt = self._fresh(size, seed)
-        state = self.out / ".state" / f"{name}.pt"
+        state = self.run_states / f"{name}.pt"
         start = load_state(state, model, opt)
         loss, secs = self._run(model, opt, data, range(start, total), lr_of, state, name)
         self._save(model, size, seed, data, name, "cosine", total, lr_of(total - 1), loss, secs, budget=budget)
@@ -243,10 +250,14 @@ class Ladder:
             return
         model, opt = self._fresh(size, seed)
         label = size.name if self._legacy(seed) else f"{size.name}-s{seed}"
-        stable_state = self.out / ".state" / f"{label}-wsd-stable.pt"
+        stable_state = self.run_states / f"{label}-wsd-stable.pt"
         step = load_state(stable_state, model, opt)
         stable_lr = lambda s: lr_at(s, 0, spec, "stable")  # noqa: E731
-        for at, branches in todo.items():
+        # a finished branch point on the way is a stop too when its stable checkpoint is committed: a run
+        # retrained from an earlier state (or from step 0) is checked against it there
+        stops = {at: todo.get(at, []) for at in self._branches() if at <= max(todo) and
+                 (at in todo or (spec.factorial and at > step and self._name(size, seed, "stable", at * tps) in done))}
+        for at, branches in stops.items():
             if step > at:
                 raise RuntimeError(f"stable run is at step {step}, past the branch point {at}")
             loss, secs = self._run(model, opt, data, range(step, at), stable_lr, stable_state, f"{label}-wsd-stable")
@@ -255,6 +266,8 @@ class Ladder:
             stable_name = self._name(size, seed, "stable", at * tps)
             if spec.factorial and stable_name not in done:
                 self._save(model, size, seed, data, stable_name, "stable", at, stable_lr(at - 1), loss, secs)
+            elif spec.factorial:
+                self._check_retrained(model, stable_name)
             for budget, f in branches:
                 name = self._name(size, seed, self._cooled(f), budget)
                 if name in done:
@@ -265,12 +278,29 @@ class Ladder:
                 branch_opt = make_optimizer(branch_model, spec)
                 # deepcopy: load_state_dict would share the moment tensors, letting the branch mutate the stable run
                 branch_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
-                branch_state = self.out / ".state" / f"{name}.pt"
+                branch_state = self.run_states / f"{name}.pt"
                 start = max(at, load_state(branch_state, branch_model, branch_opt))
                 loss, secs = self._run(branch_model, branch_opt, data, range(start, total), lr_of, branch_state, name)
                 self._save(branch_model, size, seed, data, name, self._cooled(f), total, lr_of(total - 1), loss, secs,
                            budget=budget, fraction=f, branch_step=at, stable=stable_name if spec.factorial else None)
                 branch_state.unlink(missing_ok=True)
+        # every branch point done: the stable run's state goes too (it is committed with the checkpoints, and a
+        # larger budget added to the spec later retrains from step 0, bit-identically, rather than keep MBs per run)
+        stable_state.unlink(missing_ok=True)
+
+    def _check_retrained(self, model, name: str) -> None:
+        """A stable run retrained past a checkpoint it saved before (its state was lost) must land on that
+        checkpoint bit for bit, else later checkpoints would come from another trajectory than the earlier ones."""
+        entry = next(c for c in read_manifest(self.out / "manifest.json").checkpoints if c.name == name)
+        saved = load_file(self.out / entry.path / "model.safetensors")
+        now = as_hf(model).to(getattr(torch, self.spec.save_dtype)).state_dict()
+        differ = [k for k, v in saved.items() if not torch.equal(now[k], v)]
+        if differ:
+            raise RuntimeError(f"{name}: the retrained stable run differs from the committed checkpoint in "
+                               f"{len(differ)} of {len(saved)} tensors ({differ[0]}, ...): the trajectory is not "
+                               f"reproducible here (BLAS route, torch version or device changed?); restore the "
+                               f"run state in {self.run_states} or retrain this (size, seed) from scratch")
+        self.log(f"[{name}] retrained stable run equals the committed checkpoint ({len(saved)} tensors)")
 
     def _save(self, model, size: SizeSpec, seed: int, data, name: str, schedule: str, steps: int, lr: float,
               loss: float, secs: float, budget: int | None = None, fraction: float | None = None,

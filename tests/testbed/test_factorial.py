@@ -1,5 +1,7 @@
 """The cooldown factorial of the ladder trainer: seeds, stable-phase checkpoints, cooldown fractions, resume."""
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from qsens.testbed.trainer import DataOrder, build_model, lr_at, make_optimizer,
 
 from tests.conftest import write_tiny_spec
 
+REPO = Path(__file__).resolve().parents[2]
 PEAK, LOW, WARM, TPS = 0.01, 0.01 * 0.05, 8, 8 * 32
 FACTORIAL = {
     "sizes:\n  - {name: h16, hidden: 16, layers: 1, heads: 2, mlp: 48}\n  - {name: h32, hidden: 32, layers: 1, heads: 2, mlp: 96}":
@@ -122,11 +125,19 @@ def test_an_interrupted_factorial_resumes_to_the_same_checkpoints(tmp_path, fact
 
     monkeypatch.setattr(ladder_module, "train_steps", crashing)
     spec_path = write_tiny_spec(tmp_path, **FACTORIAL)
+    out = tmp_path / "out"
     for _ in range(3):
         with pytest.raises(KeyboardInterrupt):
-            train_ladder(spec_path, tmp_path / "out", log=lambda m: None)
-    resumed = train_ladder(spec_path, tmp_path / "out", log=lambda m: None)
+            train_ladder(spec_path, out, log=lambda m: None)
+        assert list((out / "resume").glob("*.pt"))
+        # the next session starts from a fresh clone: only what is committed survives, not the ignored .state/
+        shutil.rmtree(out / ".state", ignore_errors=True)
+        assert not subprocess.run(["git", "check-ignore", "-q", "--no-index",
+                                   f"checkpoints/x/resume/{next((out / 'resume').glob('*.pt')).name}"],
+                                  cwd=REPO).returncode == 0, "run states must not be git-ignored"
+    resumed = train_ladder(spec_path, out, log=lambda m: None)
     assert not crash_in
+    assert not list((out / "resume").glob("*")), "a finished run leaves no state behind"
     names = {c.name for c in read_manifest(factorial).checkpoints}
     assert {c.name for c in read_manifest(resumed).checkpoints} == names
     for name in names:
@@ -185,3 +196,34 @@ def test_a_spec_edited_after_training_is_refused_not_silently_resumed(factorial,
         train_ladder(spec, tmp_path / "out", log=lambda m: None)
     same = write_tiny_spec(tmp_path / "out", **FACTORIAL)  # an unchanged spec: everything is done, nothing trains
     assert train_ladder(same, tmp_path / "out", log=lambda m: None) == tmp_path / "out/manifest.json"
+
+
+def test_a_stable_run_whose_state_was_lost_retrains_onto_its_committed_checkpoints_or_refuses(tmp_path, factorial):
+    # first only the 16K budget; then the spec grows to the fixture's: the stable run's state is gone (a finished
+    # run deletes it), so it retrains from step 0 and must pass through the stable checkpoint it committed before
+    small = FACTORIAL | {"budgets: [16384, 65536]": "budgets: [16384]",
+                         "schedules: [cosine]": "schedules: [cosine, wsd]\ncooldowns:\n  - {fraction: 0.25}\n"
+                                                "cosine_budgets: [16384]"}
+    runs = {}
+    for name in ("exact", "tampered"):
+        (tmp_path / name).mkdir()
+        train_ladder(write_tiny_spec(tmp_path / name, **small), tmp_path / name / "out", log=lambda m: None)
+        assert not list((tmp_path / name / "out" / "resume").glob("*.pt"))
+        runs[name] = write_tiny_spec(tmp_path / name, **FACTORIAL)
+    grown = train_ladder(runs["exact"], tmp_path / "exact" / "out", log=lambda m: None)
+    names = {c.name for c in read_manifest(factorial).checkpoints}
+    assert {c.name for c in read_manifest(grown).checkpoints} == names
+    for name in names:
+        a, b = weights(factorial, name), weights(grown, name)
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
+
+    manifest = tmp_path / "tampered" / "out" / "manifest.json"
+    stable = next(c for c in read_manifest(manifest).checkpoints if c.schedule == "stable" and c.seed == 0)
+    file = manifest.parent / stable.path / "model.safetensors"
+    tensors = load_file(file)
+    key = sorted(tensors)[0]
+    tensors[key] = (tensors[key].astype(np.float32) * 1.001).astype(tensors[key].dtype)
+    from safetensors.numpy import save_file
+    save_file(tensors, file, metadata={"format": "pt"})
+    with pytest.raises(RuntimeError, match=f"{stable.name}: the retrained stable run differs"):
+        train_ladder(runs["tampered"], tmp_path / "tampered" / "out", log=lambda m: None)
