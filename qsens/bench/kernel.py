@@ -1,8 +1,9 @@
 """Throughput of the RTN kernel against the ceiling (a device-to-device copy of the same bytes, measured in
-the same run), the torch reference on the same device, and bitsandbytes' NF4 `quantize_4bit` (blocksize 64).
+the same run), the torch reference on the same device, the in-place blocked torch path that `rtn.quantize` runs
+where the kernel does not (`rtn_inplace`, the reference's bits), and bitsandbytes' NF4 `quantize_4bit` (blocksize 64).
 
 GB/s counts bytes read + bytes written, 1 GB = 1e9 bytes:
-    copy, fake-quant (kernel or reference):  2 * numel * itemsize      (read w, write w_hat)
+    copy, fake-quant (kernel, reference or in place):  2 * numel * itemsize      (read w, write w_hat)
     kernel quantize (packed):  numel * itemsize + numel * bits / 8 + 8 * n_groups   (codes, scale, zero)
     bnb quantize_4bit:         numel * itemsize + numel / 2 + 4 * numel / 64        (codes, absmax)
 Goal on H100/H200 (issue 5): fake-quant at 4 bits >= 80 % of copy and >= 10x the reference.
@@ -29,6 +30,7 @@ class SizeResult:
     cols: int
     copy_gbps: float
     reference_gbps: float
+    inplace_gbps: float | None = None
     kernel_fake_gbps: float | None = None
     kernel_quant_gbps: float | None = None
     bnb_nf4_gbps: float | None = None
@@ -67,6 +69,7 @@ def _bnb_quantize_4bit():
 def bench_size(rows: int, cols: int, bits: int, group_size: int, dtype: torch.dtype, device: torch.device,
                iters: int) -> SizeResult:
     from qsens.quantizers import rtn_kernel
+    from qsens.quantizers.rtn_inplace import rtn_fake_quantize_
     from qsens.quantizers.rtn_reference import rtn_fake_quantize
 
     w = (torch.randn(rows, cols, device=device, dtype=torch.float32) * 0.02).to(dtype)
@@ -80,6 +83,10 @@ def bench_size(rows: int, cols: int, bits: int, group_size: int, dtype: torch.dt
     # The reference allocates ~10 float32 copies of w; a few runs are enough to time it.
     ref_s = time_op(lambda: rtn_fake_quantize(w, bits, group_size, False), device, max(1, min(iters, 3)), warmup=1)
     result = SizeResult(rows, cols, fake_bytes / copy_s / 1e9, fake_bytes / ref_s / 1e9)
+    scratch = w.clone()  # quantized over and over: the same operations every run (RTN of RTN is RTN's grid)
+    result.inplace_gbps = fake_bytes / time_op(lambda: rtn_fake_quantize_(scratch, bits, group_size, False),
+                                               device, iters) / 1e9
+    del scratch
     _release(device)
 
     ok, reason = rtn_kernel.kernel_status()
@@ -151,15 +158,16 @@ def to_markdown(data: dict, command: str) -> str:
         "GB/s = (bytes read + bytes written) / time; copy = device-to-device copy of the same bytes (the ceiling).",
         "",
         "| size | copy GB/s | kernel fake-quant GB/s | kernel / copy | kernel / reference | reference GB/s "
-        "| kernel quantize GB/s | bnb NF4 GB/s | kernel quantize / bnb |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| in place GB/s | in place / reference | kernel quantize GB/s | bnb NF4 GB/s | kernel quantize / bnb |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
         kn, bn = r["notes"].get("kernel", ""), r["notes"].get("bnb", "")
         lines.append(
             f"| {r['rows']}x{r['cols']} | {_fmt(r['copy_gbps'])} | {_fmt(r['kernel_fake_gbps'], kn)} "
             f"| {_ratio(r['kernel_fake_gbps'], r['copy_gbps'])} | {_ratio(r['kernel_fake_gbps'], r['reference_gbps'])} "
-            f"| {_fmt(r['reference_gbps'])} | {_fmt(r['kernel_quant_gbps'], kn)} | {_fmt(r['bnb_nf4_gbps'], bn)} "
+            f"| {_fmt(r['reference_gbps'])} | {_fmt(r.get('inplace_gbps'))} "
+            f"| {_ratio(r.get('inplace_gbps'), r['reference_gbps'])} | {_fmt(r['kernel_quant_gbps'], kn)} | {_fmt(r['bnb_nf4_gbps'], bn)} "
             f"| {_ratio(r['kernel_quant_gbps'], r['bnb_nf4_gbps'])} |"
         )
     lines += ["", "Goal (issue 5, H100/H200): kernel / copy >= 0.80 and kernel / reference >= 10 at 4 bits.", ""]

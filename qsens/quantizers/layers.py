@@ -24,16 +24,24 @@ def quantizable_linears(model: torch.nn.Module, skip: tuple[str, ...]) -> list[t
 
 def working_copy(fp_model: torch.nn.Module, skip: tuple[str, ...], verb: str = "quantize"
                  ) -> tuple[torch.nn.Module, list[tuple[str, torch.nn.Linear]]]:
-    """A deep copy of the full-precision model (which methods must not modify) and its selected Linear layers.
+    """A copy of the full-precision model (which methods must not modify) and its selected Linear layers.
 
+    The selected layers' parameters and buffers are copied, for the method to change in place; every other
+    tensor (embeddings, an untied head, norms) is shared with `fp_model`, read-only, which halves the copy at
+    real shapes (Pythia-160M: 77M of 162M parameters are embeddings). A model dispatched by accelerate
+    (`hf_device_map`) is copied whole: its hooks move and offload tensors, which must not reach the fp model.
     Raises ValueError when `skip` leaves no layer, so a misconfigured method fails its cell instead of scoring
     the unmodified model as if it were quantized.
     """
-    model = copy.deepcopy(fp_model)
-    layers = quantizable_linears(model, skip)
-    if not layers:
+    selected = quantizable_linears(fp_model, skip)
+    if not selected:
         raise ValueError(f"no Linear layer left to {verb} after skip={list(skip)}")
-    return model, layers
+    memo: dict[int, object] = {}
+    if getattr(fp_model, "hf_device_map", None) is None:
+        own = {id(t) for _, m in selected for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))}
+        memo = {id(t): t for t in (*fp_model.parameters(), *fp_model.buffers()) if id(t) not in own}
+    model = copy.deepcopy(fp_model, memo)
+    return model, quantizable_linears(model, skip)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -71,6 +71,7 @@ def test_bench_command_writes_table_and_data(tmp_path, capsys):
     (row,) = data["results"]
     assert row["rows"] == 32 and row["cols"] == 256 and row["copy_gbps"] > 0 and row["reference_gbps"] > 0
     assert row["kernel_fake_gbps"] is None and row["notes"]["kernel"] == "n/a (no CUDA)"
+    assert row["inplace_gbps"] > 0 and "| in place GB/s |" in table
 
 
 def test_bench_command_rejects_bad_size():
