@@ -10,8 +10,11 @@ lowers the ISA; `MKL_DEBUG_CPU_TYPE` is gone since MKL 2020.1), so the switch is
 folder and applied by re-executing the process with `LD_PRELOAD` (the dynamic loader resolves the symbol before
 torch's MKL starts). Only rounding changes: the same products, other blocking.
 
-Routes (`route()`, recorded with every training state and checkpoint): `mkl-intel-path` (the shim is loaded in
-this process) or `default`. `QSENS_BLAS` picks: `auto` (default: the shim on AMD CPUs, `shim_helps()`), `shim` (always,
+Routes (`route()`, recorded with every training state and checkpoint): `mkl-intel-path` (MKL takes its Intel
+path: the shim is loaded in this process, or the CPU is an Intel one, where MKL picks that path by itself) or
+`default` (MKL's non-Intel path, or no MKL). The route names the code path, not the machine: h48 stable-run
+checkpoints trained on a Zen 5 with the shim were retrained bit for bit on an Intel Xeon without it (2026-12-03,
+checkpoints/gutenberg-amended/TRAINING.md), so a run may resume on either. `QSENS_BLAS` picks: `auto` (default: the shim on AMD CPUs, `shim_helps()`), `shim` (always,
 e.g. to measure it), `off` (never). When the compiler or the loader fails, the route is `default` with a warning
 (the fallback); a resumed run refuses a route other than the one it started with.
 
@@ -124,8 +127,13 @@ def shim_loaded() -> bool:
 
 
 def route() -> str:
-    """The BLAS route of this process: 'mkl-intel-path' or 'default'."""
-    return INTEL_PATH if shim_loaded() else DEFAULT
+    """The BLAS route of this process: 'mkl-intel-path' (the shim, or an Intel CPU: module doc) or 'default'."""
+    return INTEL_PATH if shim_loaded() or native_intel_path() else DEFAULT
+
+
+def native_intel_path(cpuinfo: str | None = None) -> bool:
+    """Whether MKL takes its Intel path here without the shim: torch uses MKL and the CPU is an Intel one."""
+    return cpu_features(cpuinfo)[0] == "GenuineIntel" and torch_uses_mkl()
 
 
 def shim_env(base: dict[str, str] | None = None) -> dict[str, str] | None:

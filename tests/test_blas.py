@@ -22,6 +22,9 @@ def test_the_shim_is_for_amd_cpus():
     assert blas.shim_helps(ZEN3)  # AVX2 on either path, but the Intel path's kernels measured faster
     assert not blas.shim_helps(SAPPHIRE)  # MKL already takes its Intel path
     assert not blas.shim_helps("")  # no /proc/cpuinfo (not Linux)
+    # the route names the code path: an Intel CPU takes MKL's Intel path without the shim, an AMD one does not
+    assert blas.native_intel_path(SAPPHIRE) == blas.torch_uses_mkl()
+    assert not blas.native_intel_path(ZEN5) and not blas.native_intel_path("")
 
 
 def test_an_unknown_qsens_blas_value_names_the_variable_and_the_choices(monkeypatch):
@@ -89,6 +92,6 @@ def test_a_process_reexecuted_with_the_shim_trains_to_the_same_losses(tmp_path):
     three steps equal those of the default route to rounding (the same products, other kernels)."""
     shim, plain = _run("shim", tmp_path), _run("off", tmp_path)
     assert shim["route"] == shim["reported"] == "mkl-intel-path"
-    assert plain["route"] == plain["reported"] == "default"
+    assert plain["route"] == plain["reported"] == (blas.INTEL_PATH if blas.native_intel_path() else blas.DEFAULT)
     assert shim["losses"] == pytest.approx(plain["losses"], rel=1e-5)
     assert plain["losses"][0] == pytest.approx(5.545, abs=0.05)  # ln 256: near-uniform start, a real run
