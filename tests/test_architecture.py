@@ -95,3 +95,15 @@ def test_every_folder_of_modules_is_a_package():
     missing = sorted(str(f.relative_to(PACKAGE.parent)) for f in {p.parent for p in PACKAGE.rglob("*.py")}
                      if not (f / "__init__.py").is_file())
     assert not missing, f"add an __init__.py (with a docstring saying what the package holds) to {missing}"
+
+
+def test_test_modules_have_unique_names():
+    """pytest's default import mode imports each test file under its bare name, so two test_x.py in different
+    folders stop collection for the whole suite ("import file mismatch"), which a run of one folder never shows."""
+    tests = Path(__file__).resolve().parent
+    by_name: dict[str, list[str]] = {}
+    for path in tests.rglob("*.py"):
+        if path.name != "conftest.py" and "__pycache__" not in path.parts:
+            by_name.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    clashes = {name: sorted(paths) for name, paths in by_name.items() if len(paths) > 1}
+    assert not clashes, f"rename one of each: {clashes}"
