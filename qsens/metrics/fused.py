@@ -26,7 +26,8 @@ Kernels: `kernels(elements)` gives the two row functions either compiled by torc
 into one loop per row: no temporaries at all) or eager, run over row chunks of ~EAGER_CHUNK elements so that
 every temporary is ~1 MB, reused from the heap and in cache. Compiling costs seconds once per process
 (inductor's on-disk cache makes later processes cheaper); it is done when a sweep has at least
-QSENS_KL_COMPILE_MIN elements (n_targets x V x (1 + quantized models); default COMPILE_MIN), never when negative, always at 0.
+QSENS_KL_COMPILE_MIN elements (n_targets x V x (1 + quantized models); default COMPILE_MIN), never when negative,
+always at 0; once compiled, every later sweep of the process uses them.
 """
 
 from __future__ import annotations
@@ -79,9 +80,13 @@ EAGER = Kernels(fp_terms, q_terms, compiled=False)
 
 def kernels(elements: float) -> Kernels:
     """The compiled kernels for a sweep of `elements` (see the module docstring), else the eager ones; eager also
-    once compiling has failed in this process."""
+    once compiling has failed in this process. Once compiled in this process they serve every later sweep, however
+    small: the compile is paid, and eager is ~4x the cost per element (a micro suite's WikiText-2 sweeps, under
+    the threshold, ran eager after its novels' sweeps had compiled them)."""
     threshold = float(os.environ.get("QSENS_KL_COMPILE_MIN", COMPILE_MIN))
-    if threshold < 0 or elements < threshold or _COMPILED.get("failed"):
+    if threshold < 0 or _COMPILED.get("failed"):
+        return EAGER
+    if elements < threshold and "kernels" not in _COMPILED:
         return EAGER
     if "kernels" not in _COMPILED:
         _COMPILED["kernels"] = Kernels(torch.compile(fp_terms, dynamic=True), torch.compile(q_terms, dynamic=True),

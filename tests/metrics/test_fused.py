@@ -79,3 +79,19 @@ def test_the_reference_form_is_float64_log_softmax():
     np.testing.assert_allclose(nll.numpy(), q_nll64, rtol=1e-12)
     assert torch.equal(argmax, z_q.argmax(-1))
 
+
+
+def test_the_compile_threshold_decides_only_until_the_kernels_exist(monkeypatch):
+    """A sweep under the threshold runs eager until some sweep of the process has compiled the kernels, and the
+    compiled ones after; a negative threshold forces eager whatever was compiled."""
+    monkeypatch.setattr(fused, "_COMPILED", {})
+    monkeypatch.delenv("QSENS_KL_COMPILE_MIN", raising=False)
+    assert fused.kernels(fused.COMPILE_MIN / 10) is fused.EAGER
+    big = fused.kernels(fused.COMPILE_MIN)
+    assert big.compiled
+    assert fused.kernels(1.0) is big
+    monkeypatch.setenv("QSENS_KL_COMPILE_MIN", "-1")
+    assert fused.kernels(fused.COMPILE_MIN) is fused.EAGER
+    monkeypatch.setattr(fused, "_COMPILED", {"kernels": big, "failed": True})
+    monkeypatch.delenv("QSENS_KL_COMPILE_MIN")
+    assert fused.kernels(fused.COMPILE_MIN) is fused.EAGER
