@@ -53,6 +53,17 @@ def check_model_folder(folder: Path) -> tuple[FolderInfo | None, str | None]:
     return FolderInfo(stated if stated and stated[1] > 0 else None), None
 
 
+def check_manifest_folder(folder: Path) -> str | None:
+    """What is wrong with the folder of a manifest's checkpoint (`check_model_folder`), saying how to get back one
+    that a family pruned from its tree after scoring (checkpoints/gutenberg-amended/TRAINING.md): from git history."""
+    problem = check_model_folder(folder)[1]
+    if problem and not folder.is_dir():
+        problem += (f" (a checkpoint pruned from the tree after its cells were published is in the git history: "
+                    f"`git log --diff-filter=D -1 --format=%h -- {folder}` names the commit that removed it; "
+                    f"`git checkout COMMIT^ -- {folder}` brings it back)")
+    return problem
+
+
 def resolve(base: Path, relative: str) -> tuple[Path | None, str | None]:
     """(`base / relative` with symlinks resolved, None), or (None, why it cannot be resolved): a symlink loop
     raises RuntimeError (Python <= 3.12) or OSError (ELOOP) in Path.resolve, which must not end a validate."""

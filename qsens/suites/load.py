@@ -248,7 +248,7 @@ def duplicate_checkpoints(checkpoints: list[Checkpoint], family_order: list[str]
 
 
 def _folder_problem(ckpt: Checkpoint) -> str | None:
-    return files.check_model_folder(Path(ckpt.location))[1]
+    return files.check_manifest_folder(Path(ckpt.location))
 
 
 def _eval_documents(ev: EvalSpec, where: str, base: Path) -> tuple[EvalText | None, list] | None:

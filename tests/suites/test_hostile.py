@@ -338,3 +338,29 @@ def test_escapes_in_names_never_reach_the_terminal(folder, capsys):
     assert "\\x1b[2J" in text  # shown, as data
     code, err = validate(write(folder, SUITE.replace("name: t", f"name: t\n{name}: 1")), capsys)  # an unknown key
     assert code == 2 and "\x1b" not in err, repr(err)
+
+
+def test_a_pruned_manifest_checkpoint_names_the_way_back_and_the_way_works(folder, capsys):
+    """A checkpoint removed from the tree after scoring (a family kept under its size cap) fails validate with the
+    git commands that restore it; run as printed, in a real repository, they bring back the same bytes."""
+    import re
+    import shutil
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "family")
+    shutil.rmtree(folder / "fam" / "m1")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "prune m1")
+    code, err = validate(write(folder, SUITE), capsys)
+    assert code == 2 and "folder not found" in err and "checkpoint 'm1'" in err, err
+    find = re.search(r"`(git log [^`]+)`", err).group(1).split()
+    commit = subprocess.run(find, cwd=folder, check=True, capture_output=True, text=True).stdout.strip()
+    assert commit == git("rev-parse", "--short", "HEAD").strip()
+    restore = re.search(r"`(git checkout [^`]+)`", err).group(1).replace("COMMIT", commit).split()
+    subprocess.run(restore, cwd=folder, check=True, capture_output=True)
+    assert (folder / "fam" / "m1" / "model.safetensors").read_bytes() == b"weights"
+    assert validate(write(folder, SUITE), capsys)[0] == 0
