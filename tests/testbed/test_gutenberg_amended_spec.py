@@ -40,3 +40,23 @@ def test_the_seed0_spec_is_the_primary_seed_0_plus_the_secondary_settings():
 
     assert set(branch(PRIMARY)) < set(branch(SEED0))
     assert branch(SEED0)[1] == round(0.6 * 2048) and branch(SEED0)[1] < branch(PRIMARY)[-1]
+
+
+def test_the_suite_scores_every_committed_checkpoint_in_its_arm_with_the_primary_setting():
+    """suites/gutenberg-amended.yaml against the committed manifest, read as plain JSON: every checkpoint in
+    exactly one family by its schedule; the rule's primary setting (RTN 3-bit g8) and the five books as documents."""
+    import json
+
+    from qsens.suites.load import load_suite
+
+    suite = load_suite(REPO / "suites/gutenberg-amended.yaml")
+    manifest = json.loads((REPO / "checkpoints/gutenberg-amended/manifest.json").read_text())["checkpoints"]
+    arm = {"stable": "amended-stable", "cosine": "amended-cosine"}
+    want = {c["name"]: arm.get(c["schedule"], "amended-cooled") for c in manifest}
+    assert all(c["schedule"] in ("stable", "cosine", "wsd-f0.1", "wsd-f0.2", "wsd-f0.4") for c in manifest)
+    assert {c.name: c.family for c in suite.checkpoints} == want
+    assert {c.train_seed for c in suite.checkpoints} == {c["seed"] for c in manifest}
+    assert "rtn-w3-g8-asym" in {q.label() for q in suite.quantizers}
+    books = {p.name for p in (REPO / "data/eval/heldout-gutenberg").iterdir() if p.name.endswith(".txt.gz")}
+    (heldout,) = [ev for ev in suite.evals if ev.name == "heldout-gutenberg"]
+    assert len(books) == 5 and {p.name for p in heldout.documents} == books
