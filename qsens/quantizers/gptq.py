@@ -90,6 +90,26 @@ def check_layers(quantized: list[str], fp_model: torch.nn.Module, skip: tuple[st
                          "set skip to the model's output head (lm_head, or embed_out for GPT-NeoX)")
 
 
+# gptqmodel 7.6.0's thread pool gives its 'model_loader:cpu' pool 2 workers taken from the 'cpu' pool, and fails
+# every quantization when the cpu pool has fewer ("Virtual pool 'model_loader:cpu' requests 2 workers but parent
+# 'cpu' only has 1"): so 2 even on a 1-core machine (they are threads), and a smaller setting of the user's is an
+# error named up front rather than that message in every GPTQ cell.
+MIN_CPU_WORKERS = 2
+
+
+def _check_cpu_workers(value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        ok = int(value) >= MIN_CPU_WORKERS
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"GPTQMODEL_CPU_WORKERS={value!r}: gptqmodel needs an integer >= {MIN_CPU_WORKERS} (its "
+                         f"model loader takes {MIN_CPU_WORKERS} workers from the CPU pool); unset it or set it to "
+                         f"{MIN_CPU_WORKERS} or more")
+
+
 @contextlib.contextmanager
 def gptqmodel_environment() -> Iterator[Path]:
     """Where gptqmodel is imported and run: its environment variables set only inside, C++ helpers compiled
@@ -97,7 +117,8 @@ def gptqmodel_environment() -> Iterator[Path]:
     Yields the scratch folder (deleted afterwards)."""
     from qsens.quantizers.isolation import captured_output, contained, qsens_cache_dir, user_cache_root
 
-    env = {"GPTQMODEL_CPU_WORKERS": str(min(2, os.cpu_count() or 1)),
+    _check_cpu_workers(os.environ.get("GPTQMODEL_CPU_WORKERS"))
+    env = {"GPTQMODEL_CPU_WORKERS": str(MIN_CPU_WORKERS),
            "GPTQMODEL_TORCH_EXTENSIONS_DIR": str(qsens_cache_dir("gptqmodel", "torch_extensions")),
            "LOGBAR_ANIMATION": "0",
            # gptqmodel's tokenizer helper (tokenicer) points an unset HF_HOME at /tmp/tokenicer_hf_home; give it

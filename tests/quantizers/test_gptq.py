@@ -203,3 +203,35 @@ def test_captured_output_holds_library_output_and_attaches_it_to_errors(tmp_path
     assert "progress bar" not in out and "C++" not in err
     notes = "".join(getattr(info.value, "__notes__", []))
     assert "progress bar from python" in notes and "warning from C++" in notes
+
+
+@pytest.mark.parametrize("value", ["1", "0", "two"])
+def test_a_cpu_worker_count_gptqmodel_cannot_run_with_is_named_up_front(monkeypatch, value):
+    monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", value)
+    with pytest.raises(ValueError, match=rf"GPTQMODEL_CPU_WORKERS='{value}': gptqmodel needs an integer >= 2"):
+        with gptq.gptqmodel_environment():
+            pass
+
+
+def test_the_default_cpu_workers_run_gptqmodel_even_on_one_core(monkeypatch):
+    """On a 1-core machine the old default, min(2, cores) = 1, failed every GPTQ cell inside gptqmodel. The reference
+    is gptqmodel's own pool, built in a fresh process: it refuses 1 worker and builds with what qsens sets."""
+    monkeypatch.delenv("GPTQMODEL_CPU_WORKERS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    with gptq.gptqmodel_environment():
+        workers = os.environ["GPTQMODEL_CPU_WORKERS"]
+    probe = ("import os, gptqmodel\n"
+             "for n in ['1', os.environ['QSENS_WORKERS']]:\n"
+             "    os.environ['GPTQMODEL_CPU_WORKERS'] = n\n"
+             "    gptqmodel._DEVICE_THREAD_POOL = None\n"
+             "    try:\n"
+             "        gptqmodel.get_device_thread_pool(); print(n, 'ok')\n"
+             "    except ValueError as e:\n"
+             "        print(n, 'refused', e)\n"
+             "os._exit(0)\n")  # the pool's worker threads would keep an orderly exit waiting
+    with gptq.gptqmodel_environment() as scratch:  # gptqmodel's import writes into the cwd: keep it in the scratch
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=scratch,
+                             env={**os.environ, "QSENS_WORKERS": workers}).stdout
+    lines = [line for line in out.splitlines() if line.split(" ")[0] in ("1", workers)]
+    assert lines[0].startswith("1 refused") and "requests 2 workers" in lines[0], out
+    assert lines[1] == f"{workers} ok", out
