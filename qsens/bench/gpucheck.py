@@ -25,34 +25,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from qsens.bench import scalecheck
+from qsens.bench.checksteps import DEADLINE, REPO, cell_figures, run_command, stored_cells, write_suite
+
 NEEDED = ("gptqmodel", "bitsandbytes", "ray", "lm_eval", "pytest", "pytest_benchmark")
-
-
-# perf_counter() time by which every command must end (--budget); None: each step's own limits only
-DEADLINE: list[float | None] = [None]
-
-
-def _cmd(args: list[str], timeout: int, cwd: Path = REPO, env: dict | None = None) -> dict:
-    t0 = time.perf_counter()
-    if DEADLINE[0] is not None:
-        timeout = max(1, min(timeout, int(DEADLINE[0] - t0)))
-    try:
-        p = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                           env={**os.environ, **(env or {})})
-        rc, out = p.returncode, (p.stdout + p.stderr)
-    except subprocess.TimeoutExpired as exc:
-        rc, out = 124, f"timed out after {timeout} s\n{(exc.stdout or b'')[-3000:]!r}"
-    return {"rc": rc, "seconds": round(time.perf_counter() - t0, 1), "tail": out[-2500:], "command": " ".join(args)}
 
 
 def env_step(cuda: bool) -> dict:
@@ -74,42 +57,15 @@ def env_step(cuda: bool) -> dict:
 
 
 def gpu_tests_step(py: str) -> dict:
-    r = _cmd([py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/cuda"], 300)
+    r = run_command([py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/cuda"], 300)
     return {"status": "ok" if r["rc"] == 0 else "failed", "figures": {"summary": r["tail"].strip().splitlines()[-1:]},
             **r}
 
 
 def kernel_step(py: str) -> dict:
-    r = _cmd([py, "-m", "qsens", "bench", "kernel", "--out", "cuda/BENCHMARKS.md"], 240)
+    r = run_command([py, "-m", "qsens", "bench", "kernel", "--out", "cuda/BENCHMARKS.md"], 240)
     data = json.loads((REPO / "cuda/BENCHMARKS.json").read_text()) if r["rc"] == 0 else None
     return {"status": "ok" if r["rc"] == 0 else "failed", "figures": {"kernel": data}, **r}
-
-
-def _suite(folder: Path, families: str, quantizers: str, evals: str, device: str, calibration: bool = True,
-           extra: str = "") -> Path:
-    body = (f"name: {folder.name}\nseed: 0\ndevice: {device}\n{extra}families:\n{families}quantizers:\n{quantizers}"
-            f"evals:\n{evals}")
-    if calibration:
-        body += f"calibration: {{path: {REPO}/data/novels/TomJones.txt.gz}}\n"
-    body += "bootstrap: {samples: 200}\n"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "suite.yaml").write_text(body)
-    return folder / "suite.yaml"
-
-
-def _cells(results: Path) -> list[dict]:
-    from qsens.store import ResultStore
-
-    return ResultStore(results).cells()
-
-
-def _cell_figures(cells: list[dict], seconds: float) -> dict:
-    ok = [c for c in cells if c["status"] == "ok"]
-    per = {c["quantizer"] + " @ " + c["checkpoint"]: {
-        k: c.get(k) for k in ("device", "backend", "seconds", "peak_rss_bytes", "peak_gpu_bytes", "temp_disk_bytes",
-                              "kl_mean", "delta_loss")} for c in ok}
-    return {"cells": len(cells), "ok": len(ok), "cells_per_hour": round(len(ok) / seconds * 3600, 1) if seconds else None,
-            "per_cell": per, "errors": {c["quantizer"]: (c["error"] or "")[:400] for c in cells if c["status"] != "ok"}}
 
 
 MICRO_QUANTIZERS = """  - {method: rtn, bits: [2, 4], group_size: 8}
@@ -129,13 +85,13 @@ def micro_step(py: str, out: Path, cuda: bool, reduced: bool, executor: str = "l
           f"protocol: {{context_length: 128, max_tokens: {2048 if reduced else 65536}}}}}\n")
     quant = MICRO_QUANTIZERS if executor == "local" else "  - {method: rtn, bits: [2, 4], group_size: 8}\n"
     name = f"micro-{executor}"
-    suite = _suite(out / name, fam, quant, ev, "cuda" if cuda else "cpu")
+    suite = write_suite(out / name, fam, quant, ev, "cuda" if cuda else "cpu")
     args = [py, "-m", "qsens", "run", str(suite), "--results", str(out / name / "results"), "--no-progress"]
     if executor == "ray":
         args += ["--executor", "ray"]
-    r = _cmd(args, 420 if not reduced else 300, env={"GPTQMODEL_CPU_WORKERS": "2"})
-    cells = _cells(out / name / "results") if (out / name / "results").exists() else []
-    fig = _cell_figures(cells, r["seconds"])
+    r = run_command(args, 420 if not reduced else 300, env={"GPTQMODEL_CPU_WORKERS": "2"})
+    cells = stored_cells(out / name / "results") if (out / name / "results").exists() else []
+    fig = cell_figures(cells, r["seconds"])
     problems = []
     if r["rc"] != 0 or fig["ok"] != fig["cells"] or not cells:
         problems.append("not every cell ok")
@@ -167,17 +123,16 @@ def standins_step(py: str, out: Path, cuda: bool, reduced: bool) -> dict:
     ev = (f"  - {{name: wikitext2, path: {REPO}/data/wikitext-2/wiki.test.raw.gz, preset: gptq, "
           f"protocol: {{context_length: {64 if reduced else 2048}, max_tokens: {512 if reduced else 65536}, "
           f"batch_size: {8 if reduced else 4}}}}}\n")
-    suite = _suite(out / "standin-suite", fams, quant, ev, "cuda" if cuda else "cpu")
-    r = _cmd([py, "-m", "qsens", "run", str(suite), "--results", str(out / "standin-suite/results"), "--no-progress"],
-             420, env={"GPTQMODEL_CPU_WORKERS": "2"})
-    cells = _cells(out / "standin-suite/results") if (out / "standin-suite/results").exists() else []
-    fig = {**_cell_figures(cells, r["seconds"]), "build_seconds": round(build_s, 1)}
+    suite = write_suite(out / "standin-suite", fams, quant, ev, "cuda" if cuda else "cpu")
+    r = run_command([py, "-m", "qsens", "run", str(suite), "--results", str(out / "standin-suite/results"),
+                     "--no-progress"], 420, env={"GPTQMODEL_CPU_WORKERS": "2"})
+    cells = stored_cells(out / "standin-suite/results") if (out / "standin-suite/results").exists() else []
+    fig = {**cell_figures(cells, r["seconds"]), "build_seconds": round(build_s, 1)}
     bad = r["rc"] != 0 or not cells or fig["ok"] != fig["cells"]
     return {"status": "failed" if bad else "ok", "figures": fig, **r}
 
 
 def score_step(py: str, out: Path, work: Path, cuda: bool, reduced: bool) -> dict:
-    from qsens.bench import scalecheck
 
     return scalecheck.score_step(py, out, work, cuda, reduced)
 
@@ -207,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from qsens.bench import scalecheck
 
     cuda = torch.cuda.is_available()
     reduced = args.reduced or not cuda

@@ -21,7 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
-from qsens.bench.gpucheck import REPO, _cell_figures, _cells, _cmd, _suite
+from qsens.bench.checksteps import REPO, cell_figures, run_command, stored_cells, write_suite
 
 DTYPES = ("float32", "bfloat16")
 # How closely lm-eval's summed log-likelihood must equal qsens' (the check that both scored the same tokens).
@@ -83,9 +83,9 @@ def score_step(py: str, out: Path, work: Path, cuda: bool, tiny: bool) -> dict:
     figures, runs, failed = {}, [], []
     for dtype in DTYPES:
         md = out / f"score-{dtype}.md"
-        r = _cmd([py, "-m", "qsens", "bench", "score", *map(str, models), "--dtype", dtype, "-k", "2",
-                  "--max-tokens", "1024" if tiny else "16384", "--rounds", "2", "--out", str(md)]
-                 + (["--eager-kl"] if tiny else []), 100 if not tiny else 300)
+        r = run_command([py, "-m", "qsens", "bench", "score", *map(str, models), "--dtype", dtype, "-k", "2",
+                         "--max-tokens", "1024" if tiny else "16384", "--rounds", "2", "--out", str(md)]
+                        + (["--eager-kl"] if tiny else []), 100 if not tiny else 300)
         runs.append(r)
         data = json.loads(md.with_suffix(".json").read_text()) if r["rc"] == 0 else None
         figures[dtype] = [_share(x, dtype, cuda) for x in data] if data else None
@@ -97,7 +97,7 @@ def score_step(py: str, out: Path, work: Path, cuda: bool, tiny: bool) -> dict:
 
 
 def _by_quantizer(results: Path) -> dict[str, dict]:
-    return {c["quantizer"]: c for c in _cells(results)} if results.exists() else {}
+    return {c["quantizer"]: c for c in stored_cells(results)} if results.exists() else {}
 
 
 def placed_step(py: str, work: Path, cuda: bool, tiny: bool) -> dict:
@@ -113,9 +113,9 @@ def placed_step(py: str, work: Path, cuda: bool, tiny: bool) -> dict:
     fam, ev, device = _family("pythia-410m", folder), _eval(tiny, 16384), "cuda" if cuda else "cpu"
     runs, cells = {}, {}
     for name, extra in (("one-device", ""), ("placed", placement)):
-        suite = _suite(work / f"placed-{name}", fam, quant, ev, device, calibration=False, extra=extra)
+        suite = write_suite(work / f"placed-{name}", fam, quant, ev, device, calibration=False, extra=extra)
         res = work / f"placed-{name}" / "results"
-        runs[name] = _cmd([py, "-m", "qsens", "run", str(suite), "--results", str(res), "--no-progress"], 150)
+        runs[name] = run_command([py, "-m", "qsens", "run", str(suite), "--results", str(res), "--no-progress"], 150)
         cells[name] = _by_quantizer(res)
     one, placed = cells["one-device"], cells["placed"]
     problems = [f"{n}: not every cell ok" for n, c in cells.items()
@@ -136,7 +136,7 @@ def placed_step(py: str, work: Path, cuda: bool, tiny: bool) -> dict:
         problems.append("the two runs computed different cells")
     return {"status": "failed" if problems else "ok", "detail": "; ".join(problems),
             "figures": {"weights_bytes": weights, "placement": placement.strip(), "map": next(iter(maps.values()), None),
-                        "differences": diffs, **{n: _cell_figures(list(c.values()), runs[n]["seconds"])
+                        "differences": diffs, **{n: cell_figures(list(c.values()), runs[n]["seconds"])
                                                 for n, c in cells.items()}},
             "run_seconds": {n: r["seconds"] for n, r in runs.items()},
             "tail": "\n".join(r["tail"][-1200:] for r in runs.values()),
@@ -149,13 +149,13 @@ def cells_1b_step(py: str, work: Path, cuda: bool, tiny: bool) -> dict:
     quant = (f"  - {{method: rtn, bits: [3, 4], group_size: {g}, {SKIP}}}\n"
              f"  - {{method: bnb, quant_type: nf4, blocksize: 64, {SKIP}}}\n"
              f"  - {{method: noise, magnitude: 0.05, {SKIP}}}\n")
-    suite = _suite(work / "cells-1b", _family("pythia-1b", folder), quant, _eval(tiny, 65536),
-                   "cuda" if cuda else "cpu", calibration=False)
+    suite = write_suite(work / "cells-1b", _family("pythia-1b", folder), quant, _eval(tiny, 65536),
+                        "cuda" if cuda else "cpu", calibration=False)
     res = work / "cells-1b" / "results"
-    r = _cmd([py, "-m", "qsens", "run", str(suite), "--results", str(res), "--no-progress"], 150,
-             env={"GPTQMODEL_CPU_WORKERS": "2"})
-    cells = _cells(res) if res.exists() else []
-    fig = _cell_figures(cells, r["seconds"])
+    r = run_command([py, "-m", "qsens", "run", str(suite), "--results", str(res), "--no-progress"], 150,
+                    env={"GPTQMODEL_CPU_WORKERS": "2"})
+    cells = stored_cells(res) if res.exists() else []
+    fig = cell_figures(cells, r["seconds"])
     own = [c["seconds"] for c in cells if c["status"] == "ok" and c["seconds"]]
     # end to end (cells_per_hour: the command's wall time, process start and model load included) and from the
     # cells' own seconds (quantization + their share of the group's sweep): what a long suite approaches

@@ -17,7 +17,7 @@ import numpy as np
 from qsens.metrics.layer_stats import WHOLE, Series, d_exponent, layer_series, set_label
 from qsens.board.fmt import human
 from qsens.board.model import slug
-from qsens.board.plots import COLORS, _attempt, _pyplot, _safe, _save
+from qsens.board.canvas import COLORS, attempt, pyplot, safe, save
 
 
 def is_layer_cell(cell: dict) -> bool:
@@ -27,7 +27,7 @@ def is_layer_cell(cell: dict) -> bool:
 
 def heatmap(series: Series, title: str, path: Path) -> str:
     """Sets (rows) × D (columns), colour log Δloss, a dot where the interval excludes 0."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import LogNorm
 
     sets, budgets = series.sets, series.budgets
@@ -51,13 +51,13 @@ def heatmap(series: Series, title: str, path: Path) -> str:
     rows, cols = np.nonzero(resolved & (delta > 0))
     ax.plot(cols, rows, "o", ms=3.5, mfc="white", mec="black", mew=0.6, ls="none")
     ax.set_xticks(range(len(budgets)), [human(d) for d in budgets])
-    ax.set_yticks(range(len(sets)), [_safe(set_label(s)) for s in sets])
+    ax.set_yticks(range(len(sets)), [safe(set_label(s)) for s in sets])
     ax.axhline(0.5, color="white", lw=2) if sets and sets[0] == WHOLE else None
     ax.set_xlabel("D (training tokens);  ○ = the 95% interval excludes 0")
-    ax.set_title(_safe(title), fontsize=9)
+    ax.set_title(safe(title), fontsize=9)
     if norm is not None:
         fig.colorbar(image, ax=ax, label="Δloss (nats/token, log scale)", fraction=0.05, pad=0.02)
-    _save(fig, path)
+    save(fig, path)
     n_nonpos = int((np.isfinite(delta) & (delta <= 0)).sum())
     return (f"{len(sets)} sets × {len(budgets)} budgets; dot: the cell's 95% block-bootstrap interval excludes 0"
             + (f"; {n_nonpos} cell(s) with Δloss ≤ 0 shown grey" if n_nonpos else ""))
@@ -65,7 +65,7 @@ def heatmap(series: Series, title: str, path: Path) -> str:
 
 def exponent_plot(group: list[Series], title: str, path: Path) -> str:
     """γ (Δ ∝ D^γ) per set with its 95% interval, one colour per size; sets without one are listed."""
-    plt = _pyplot()
+    plt = pyplot()
     sets = sorted({s for series in group for s in series.sets}, key=lambda s: _set_rank(s))
     fig, ax = plt.subplots(figsize=(6.4, 1.0 + 0.34 * len(sets)))
     missing, unresolved, offsets = [], [], np.linspace(-0.25, 0.25, len(group)) if len(group) > 1 else [0.0]
@@ -75,7 +75,7 @@ def exponent_plot(group: list[Series], title: str, path: Path) -> str:
             if e is None:
                 missing.append(f"{set_label(s)} ({series.size})")
                 continue
-            color, label = COLORS[k % len(COLORS)], _safe(f"{series.size} (N={human(series.n_params)})")
+            color, label = COLORS[k % len(COLORS)], safe(f"{series.size} (N={human(series.n_params)})")
             if not (math.isfinite(e["ci_low"]) and math.isfinite(e["ci_high"])):
                 unresolved.append(f"{set_label(s)} ({series.size})")
                 ax.plot(e["estimate"], i + offsets[k], "o", mfc="none", ms=5, color=color, label=label)
@@ -85,13 +85,13 @@ def exponent_plot(group: list[Series], title: str, path: Path) -> str:
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
-    ax.set_yticks(range(len(sets)), [_safe(set_label(s)) for s in sets])
+    ax.set_yticks(range(len(sets)), [safe(set_label(s)) for s in sets])
     ax.invert_yaxis()
     ax.axvline(0, color="#888", lw=0.8)
     ax.set_xlabel("D exponent γ of Δloss ∝ D^γ (95% interval)")
-    ax.set_title(_safe(title), fontsize=9)
+    ax.set_title(safe(title), fontsize=9)
     ax.grid(True, axis="x", alpha=0.25)
-    _save(fig, path)
+    save(fig, path)
     note = "fitted over the budgets whose Δloss interval lies above 0 (at least three)"
     note += f"; hollow: interval unresolved (Δ within noise of 0 in the redraws): {', '.join(unresolved)}" \
         if unresolved else ""
@@ -110,12 +110,12 @@ def layer_plots(family, cells: list[dict], site: Path) -> list[dict]:
     for series in layer_series(cells):
         name = f"{family} · {series.size} · {series.schedule or '—'} · {series.eval} · {series.quantizer}"
         rel = f"plots/{slug(family, series.eval, series.quantizer, series.size)}-layers.svg"
-        out.append(_attempt("layers", f"Which layers break first: Δloss by layer set and D — {name}", rel, site,
-                            lambda p, s=series, t=name: heatmap(s, t, p)))
+        out.append(attempt("layers", f"Which layers break first: Δloss by layer set and D — {name}", rel, site,
+                           lambda p, s=series, t=name: heatmap(s, t, p)))
         by_quantizer.setdefault((series.eval, series.quantizer), []).append(series)
     for (ev, quantizer), group in by_quantizer.items():
         name = f"{family} · {ev} · {quantizer}"
         rel = f"plots/{slug(family, ev, quantizer)}-layer-exponents.svg"
-        out.append(_attempt("layer-exponents", f"D exponent of each layer set's Δloss — {name}", rel, site,
-                            lambda p, g=group, t=name: exponent_plot(g, t, p)))
+        out.append(attempt("layer-exponents", f"D exponent of each layer set's Δloss — {name}", rel, site,
+                           lambda p, g=group, t=name: exponent_plot(g, t, p)))
     return out

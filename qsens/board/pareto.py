@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsens.board.canvas import COLORS, finish, pyplot, safe
 from qsens.board.fmt import human
 
 METRICS = {"delta_loss": ("Δloss (nats/token)", "delta_loss"), "kl": ("KL(fp ‖ quantized) (nats/token)", "kl_mean")}
@@ -40,11 +41,10 @@ def sized_cells(cells: list[dict], column: str) -> list[dict]:
 def size_quality_plot(cells: list[dict], metric: str, title: str, path) -> str:
     """One point per quantizer setting at (effective bits, metric) with its interval, a colour and marker per
     method, the Pareto front joined by a step line. Log y; values ≤ 0 are drawn as ▽ on the bottom edge."""
-    from qsens.board.plots import COLORS, _finish, _pyplot, _safe
 
     ylabel, column = METRICS[metric]
     pts = sized_cells(cells, column)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     x = np.array([c["effective_bits"] for c in pts], dtype=float)
     y = np.array([c[column] for c in pts], dtype=float)
@@ -58,7 +58,7 @@ def size_quality_plot(cells: list[dict], metric: str, title: str, path) -> str:
         sel = np.array([str(c["method"]) == method for c in pts])
         yerr = np.vstack([np.clip(shown - np.maximum(lo, floor), 0, None), np.clip(hi - shown, 0, None)])[:, sel]
         ax.errorbar(x[sel], shown[sel], yerr=yerr, fmt=MARKERS[k % len(MARKERS)], color=COLORS[k % len(COLORS)],
-                    ms=5, capsize=2, label=_safe(method), mfc="none" if (y[sel] <= 0).all() else None)
+                    ms=5, capsize=2, label=safe(method), mfc="none" if (y[sel] <= 0).all() else None)
     front = pareto_front(list(x), list(y))
     if front:
         fx, fy = x[front], shown[front]
@@ -66,8 +66,8 @@ def size_quality_plot(cells: list[dict], metric: str, title: str, path) -> str:
                 lw=1, alpha=0.6, label="Pareto front")
         ax.plot(fx, fy, "o", ms=10, mfc="none", mec="black", mew=1)
     ax.set_yscale("log")
-    _finish(fig, ax, path, "effective bits per weight (scales and zeros included)", ylabel, title, legend_size=7)
-    names = ", ".join(_safe(pts[i].get("quantizer")) for i in front)
+    finish(fig, ax, path, "effective bits per weight (scales and zeros included)", ylabel, title, legend_size=7)
+    names = ", ".join(safe(pts[i].get("quantizer")) for i in front)
     notes = [f"Pareto front (point estimates): {names}"] if front else []
     if (y <= 0).any():
         notes.append(f"{int((y <= 0).sum())} setting(s) with {column} ≤ 0 drawn at the bottom edge")

@@ -25,47 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from qsens.board import fits as fit_view
+from qsens.board import pareto
+from qsens.board.canvas import COLORS, attempt, finish, pyplot, safe, save
 from qsens.board.fmt import human, num
 from qsens.board.model import match_fit, slug
-from qsens.errors import error_text
 from qsens.fit import predict
-
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
-
-
-def _safe(text) -> str:
-    """Text for matplotlib: `$` would start mathtext (and can raise on odd input), so it is escaped."""
-    return str(text).replace("$", r"\$")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # Text stays text (small files); a fixed hash salt makes ids, and so rebuilt files, deterministic.
-    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "qsens-board", "font.size": 9})
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="svg", bbox_inches="tight", metadata={"Date": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
-def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int) -> None:
-    """Labels, title, grid and legend of a plot; then write it."""
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(_safe(title))
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=legend_size)
-    _save(fig, path)
-
 
 def _series(cells: list[dict]) -> dict[tuple, list[dict]]:
     """Cells by (schedule, N), each list sorted by D."""
@@ -83,7 +47,7 @@ def _series_text(schedule, n) -> str:
 
 def _series_label(schedule, n) -> str:
     """A series' name for a matplotlib legend."""
-    return _safe(_series_text(schedule, n))
+    return safe(_series_text(schedule, n))
 
 
 def seed_summary(group: list[dict], column: str) -> list[dict]:
@@ -130,7 +94,7 @@ def _delta_seed_series(ax, group: list[dict], n, floor: float, color: str, label
 def delta_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> str:
     """Δloss vs D/N on log-log axes, one series per N (and schedule), with the fitted law and its band; a series
     with several training seeds as their mean and min-max band (module doc)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = [c for c in cells if c.get("delta_loss") is not None and c.get("n_params") and c.get("tokens")]
     positive = [c["delta_loss"] for c in pts if c["delta_loss"] > 0]
@@ -158,7 +122,7 @@ def delta_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> s
         notes += _draw_fit(ax, fits, group[0], n, x, color)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _finish(fig, ax, path, "D/N (training tokens per parameter)", "Δloss (nats/token)", title, legend_size=7)
+    finish(fig, ax, path, "D/N (training tokens per parameter)", "Δloss (nats/token)", title, legend_size=7)
     if clipped:
         notes.append(f"{clipped} point(s) with Δloss ≤ 0 drawn as ▽ on the bottom edge")
     return "; ".join(notes)
@@ -184,7 +148,7 @@ def _draw_fit(ax, fits: list[dict], cell: dict, n, x: np.ndarray, color: str) ->
     if pred is None:
         return [f"{series}: fit {fit['law']} not drawn ({fit.get('verdict') or fit.get('status')})"]
     mean, lo, hi = pred
-    label = f"{_series_label(cell.get('schedule'), n)} fit" + (f" ({_safe(fit['verdict'])})" if withheld and
+    label = f"{_series_label(cell.get('schedule'), n)} fit" + (f" ({safe(fit['verdict'])})" if withheld and
                                                                 fit.get("verdict") else "")
     ax.plot(grid, mean, "--" if withheld else "-", color=color, lw=1 if withheld else 1.2, alpha=0.8, label=label)
     if lo is not None and hi is not None and not withheld:
@@ -238,7 +202,7 @@ def _ucurve_series(ax, group: list[dict], color: str, label: str) -> tuple[np.nd
 def ucurve_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> str:
     """Full-precision and post-quantization loss vs D per N: the U-curve, with D* (from a fit that fits beside an
     fp-loss fit that fits, else the lowest measured quantized loss when it lies inside the measured range)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = [c for c in cells if c.get("q_loss") is not None and c.get("fp_loss") is not None and c.get("tokens")]
     notes, flat, withheld_notes = [], [], {}
@@ -261,7 +225,7 @@ def ucurve_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> 
             flat.append(text)
     ax.set_xscale("log")
     _token_ticks(ax.xaxis)
-    _finish(fig, ax, path, "D (training tokens)", "loss (nats/token)", title, legend_size=6)
+    finish(fig, ax, path, "D (training tokens)", "loss (nats/token)", title, legend_size=6)
     notes += [f"D* of the fit not shown for {', '.join(series)}: {why}" for why, series in withheld_notes.items()]
     if flat:
         notes.append(f"no D* fit and no interior minimum of the quantized loss for {', '.join(flat)}")
@@ -270,7 +234,7 @@ def ucurve_plot(cells: list[dict], fits: list[dict], title: str, path: Path) -> 
 
 def method_plot(heads: list[dict], title: str, path: Path) -> str:
     """Δloss per quantizer at one checkpoint (horizontal bars, log scale, CI whiskers)."""
-    plt = _pyplot()
+    plt = pyplot()
     heads = sorted(heads, key=lambda c: (c.get("bits") or 0, str(c.get("method")), str(c.get("quantizer"))))
     fig, ax = plt.subplots(figsize=(6, 0.6 + 0.32 * len(heads)))
     y = np.arange(len(heads))
@@ -286,24 +250,14 @@ def method_plot(heads: list[dict], title: str, path: Path) -> str:
     methods = sorted({str(c.get("method")) for c in heads})  # one colour per method
     colors = [COLORS[methods.index(str(c.get("method"))) % len(COLORS)] for c in heads]
     ax.barh(y, shown, xerr=xerr, color=colors, alpha=0.8, capsize=2)
-    ax.set_yticks(y, [_safe(c.get("quantizer")) for c in heads])
+    ax.set_yticks(y, [safe(c.get("quantizer")) for c in heads])
     ax.set_xscale("log")
     ax.set_xlabel("Δloss (nats/token)")
-    ax.set_title(_safe(title))
+    ax.set_title(safe(title))
     ax.grid(True, axis="x", which="both", alpha=0.25)
-    _save(fig, path)
+    save(fig, path)
     n_clip = int((vals <= 0).sum())
     return f"{n_clip} quantizer(s) with Δloss ≤ 0 drawn at the left edge" if n_clip else ""
-
-
-def _attempt(kind: str, title: str, rel: str, site: Path, draw) -> dict:
-    """Run one plot; on failure record the error for the page instead of failing the build."""
-    try:
-        caption = draw(site / rel)
-        return {"kind": kind, "title": title, "file": rel, "caption": caption, "error": None}
-    except Exception as exc:  # noqa: BLE001 - one bad plot must not cost the whole site
-        return {"kind": kind, "title": title, "file": None, "caption": "",
-                "error": error_text(exc)}
 
 
 def family_plots(family, cells: list[dict], fits: list[dict], site: Path) -> list[dict]:
@@ -316,17 +270,17 @@ def family_plots(family, cells: list[dict], fits: list[dict], site: Path) -> lis
     for (ev, quantizer), group in sorted(by_group.items(), key=lambda kv: tuple(map(str, kv[0]))):
         name = f"{family} · {ev} · {quantizer}"
         base = f"plots/{slug(family, ev, quantizer)}"
-        out.append(_attempt("delta", f"Δloss vs D/N — {name}", f"{base}-delta.svg", site,
-                            lambda p, g=group, t=name: delta_plot(g, fits, t, p)))
-        out.append(_attempt("ucurve", f"Loss vs D (U-curve) — {name}", f"{base}-ucurve.svg", site,
-                            lambda p, g=group, t=name: ucurve_plot(g, fits, t, p)))
+        out.append(attempt("delta", f"Δloss vs D/N — {name}", f"{base}-delta.svg", site,
+                           lambda p, g=group, t=name: delta_plot(g, fits, t, p)))
+        out.append(attempt("ucurve", f"Loss vs D (U-curve) — {name}", f"{base}-ucurve.svg", site,
+                           lambda p, g=group, t=name: ucurve_plot(g, fits, t, p)))
     for ev in sorted({c.get("eval") for c in ok}, key=str):
         heads = _headline_per_quantizer([c for c in ok if c.get("eval") == ev and c.get("delta_loss") is not None])
         if len(heads) >= 2:
             title = f"Quantizers compared — {family} · {ev} · N={human(heads[0].get('n_params'))}, " \
                     f"D={human(heads[0].get('tokens'))}"
-            out.append(_attempt("methods", title, f"plots/{slug(family, ev)}-methods.svg", site,
-                                lambda p, h=heads, t=title: method_plot(h, t, p)))
+            out.append(attempt("methods", title, f"plots/{slug(family, ev)}-methods.svg", site,
+                               lambda p, h=heads, t=title: method_plot(h, t, p)))
         out += _size_quality_plots(family, ev, heads, site)
     return out
 
@@ -334,14 +288,12 @@ def family_plots(family, cells: list[dict], fits: list[dict], site: Path) -> lis
 def _size_quality_plots(family, ev, heads: list[dict], site: Path) -> list[dict]:
     """Δloss and KL against effective bits at the headline checkpoint (qsens.board.pareto), when two or more
     quantizer settings there have a size."""
-    from qsens.board import pareto
-
     out = []
     for metric, column in (("delta_loss", "delta_loss"), ("kl", "kl_mean")):
         if len(pareto.sized_cells(heads, column)) >= 2:
             title = pareto.size_quality_title(family, ev, heads, metric)
-            out.append(_attempt(f"size-{metric}", title, f"plots/{slug(family, ev)}-size-{metric}.svg", site,
-                                lambda p, h=heads, t=title, m=metric: pareto.size_quality_plot(h, m, t, p)))
+            out.append(attempt(f"size-{metric}", title, f"plots/{slug(family, ev)}-size-{metric}.svg", site,
+                               lambda p, h=heads, t=title, m=metric: pareto.size_quality_plot(h, m, t, p)))
     return out
 
 

@@ -14,6 +14,8 @@ from typing import Any, Callable, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_serializer
 
+from qsens.quantizers.layer_sets import check_canonical, short_label
+
 
 class QuantSettings(BaseModel):
     """Base class of a method's settings. `method` is the registry name; `bits` is always present."""
@@ -26,7 +28,7 @@ class QuantSettings(BaseModel):
     skip: tuple[str, ...] = ("lm_head",)
     # Quantize only this layer set of the selected modules (qsens.quantizers.layer_sets): 'block:3',
     # 'kind:mlp.down_proj', 'names:a,b'. None = all of them. Applied once for every method by
-    # layer_sets.quantize_selected; absent from the dump when None, so whole-model cell keys are unchanged.
+    # selected.quantize_selected; absent from the dump when None, so whole-model cell keys are unchanged.
     layers: str | None = None
 
     group_size_field: ClassVar[str | None] = "group_size"
@@ -47,8 +49,6 @@ class QuantSettings(BaseModel):
     def _layer_set(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        from qsens.quantizers.layer_sets import check_canonical
-
         return check_canonical(v)
 
     @model_serializer(mode="wrap")
@@ -82,8 +82,6 @@ def _with_layer_set(label: Callable[[QuantSettings], str]) -> Callable[[QuantSet
     def labelled(self: QuantSettings) -> str:
         if self.layers is None:
             return label(self)
-        from qsens.quantizers.layer_sets import short_label
-
         return f"{label(self)}@{short_label(self.layers)}"
 
     labelled.__doc__ = label.__doc__

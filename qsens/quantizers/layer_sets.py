@@ -8,7 +8,7 @@ A setting's `layers` (QuantSettings.layers) is None for the whole model or one c
 
 The block of a module name is its first all-digit component and its kind is what follows (a name with no digit
 component, e.g. 'lm_head', is its own kind and in no block). The set is applied once for every method by
-`quantize_selected`: the method is called with the setting's `skip` extended by every selected Linear outside the
+`qsens.quantizers.selected.quantize_selected`: the method is called with the setting's `skip` extended by every selected Linear outside the
 set, so any method that honours `skip` (the base-class contract) quantizes exactly the set, and the result is
 checked against it. Suites sweep sets with `layers: each_block` / `each_kind` (expanded per checkpoint by
 `expand`).
@@ -17,11 +17,7 @@ checked against it. Suites sweep sets with `layers: each_block` / `each_kind` (e
 from __future__ import annotations
 
 import hashlib
-import re
-from types import ModuleType
 
-from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
-from qsens.quantizers.layers import quantizable_linears
 
 KEYWORDS = ("all", "each_block", "each_kind")
 _PREFIXES = ("block:", "kind:", "names:")
@@ -117,32 +113,3 @@ def _expand_one(value: str, names: list[str]) -> list[str | None]:
     if not members(value, names):
         raise ValueError(f"layer set {value!r} selects no Linear module; valid names: {names}")
     return [value]
-
-
-def _escaped(name: str) -> str:
-    """An fnmatch pattern that matches exactly `name`."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-def restricted(settings: QuantSettings, names: list[str]) -> tuple[QuantSettings, list[str]]:
-    """The settings a method runs with to quantize only `settings.layers` (whole-model settings unchanged), and
-    the module names it must quantize. `names`: the model's Linear names selectable under `settings.skip`."""
-    if settings.layers is None:
-        return settings, names
-    chosen = members(settings.layers, names)
-    if not chosen:
-        raise ValueError(f"layer set {settings.layers!r} selects no Linear module of this model; selectable: {names}")
-    outside = tuple(_escaped(n) for n in names if n not in set(chosen))
-    return settings.model_copy(update={"layers": None, "skip": settings.skip + outside}), chosen
-
-
-def quantize_selected(module: ModuleType, ctx: QuantContext, settings: QuantSettings) -> QuantResult:
-    """`module.quantize` on the layer set of `settings` only; raises if the method touched other layers."""
-    names = [n for n, _ in quantizable_linears(ctx.fp_model, settings.skip)]
-    run_settings, chosen = restricted(settings, names)
-    result = module.quantize(ctx, run_settings)
-    if settings.layers is not None and sorted(result.layers_quantized) != sorted(chosen):
-        raise ValueError(f"{settings.method} quantized {sorted(result.layers_quantized)[:5]} but layer set "
-                         f"{settings.layers!r} is {sorted(chosen)[:5]}: this method does not honour `skip`")
-    result.details = {**result.details, "layer_set": settings.layers}
-    return result

@@ -19,7 +19,7 @@ from qsens.metrics.text import TextTooLarge, limit_reason, read_text, text_limit
 from qsens.metrics.windows import EvalTokens, build_eval_tokens, model_max_length, position_limit
 from qsens.quantizers import method_module
 from qsens.quantizers.base import QuantContext, QuantResult, QuantSettings
-from qsens.quantizers.layer_sets import quantize_selected
+from qsens.quantizers.selected import quantize_selected
 from qsens.suites.load import EvalText, Suite
 
 # Most quantized models kept resident at once (each group shares one fp pass per eval); memory decides below that.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from board_synthetic import CHECKPOINTS, N1, SEED_SCALE, T0, make_results, seeded_cells
 
-from qsens.board import plots
+from qsens.board import canvas, plots
 from qsens.board.build import build_board
 from qsens.board.model import family_page, leaderboard_rows
 from qsens.store.fits import read_fits
@@ -47,7 +47,7 @@ def test_the_seed_summary_is_the_mean_and_range_over_seeds():
 
 def test_the_delta_plot_draws_the_mean_and_a_min_max_band():
     """The drawn band's vertices are the seeds' min and max at each D/N, the line is their mean."""
-    plt = plots._pyplot()
+    plt = canvas.pyplot()
     fig, ax = plt.subplots()
     x, edge, note = plots._delta_seed_series(ax, _n1_2bit(), N1, 1e-6, "#000000", "N1")
     truth = _truth_n1_2bit()
@@ -78,7 +78,7 @@ def test_tables_say_how_many_seeds(seeded_site):
 
 
 def _fit_line(fit_record, fits, verdict):
-    plt = plots._pyplot()
+    plt = canvas.pyplot()
     fig, ax = plt.subplots()
     cell = next(c for c in seeded_cells() if c["n_params"] == N1 and c["bits"] == 2)
     x = np.array([2.0, 10.0, 40.0])

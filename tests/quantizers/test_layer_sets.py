@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsens.quantizers import layer_sets, method_module, rtn
+from qsens.quantizers import layer_sets, method_module, rtn, selected
 from qsens.quantizers.base import QuantContext, QuantResult
 from qsens.suites.load import SuiteError, load_suite
 
@@ -101,7 +101,7 @@ def test_only_the_set_is_quantized_by_every_method_that_honours_skip():
     fp = {n: p.detach().clone() for n, p in model.named_parameters()}
     for settings in (rtn.Settings(bits=3, group_size=8, layers="kind:mlp.down_proj"),
                      method_module("noise").Settings(bits=16, magnitude=0.1, layers="block:0")):
-        result = layer_sets.quantize_selected(method_module(settings.method), ctx, settings)
+        result = selected.quantize_selected(method_module(settings.method), ctx, settings)
         changed = sorted(n.removesuffix(".weight") for n, p in result.model.named_parameters()
                          if not torch.equal(p, fp[n]))
         assert changed == sorted(layer_sets.members(settings.layers, NAMES))
@@ -120,8 +120,8 @@ def test_a_method_that_ignores_skip_is_caught():
         torch.nn.ModuleDict({"mlp": torch.nn.ModuleDict({"up_proj": torch.nn.Linear(2, 2)})}) for _ in range(2))
     ctx = QuantContext(model, None, torch.device("cpu"), 0)
     with pytest.raises(ValueError, match="does not honour `skip`"):
-        layer_sets.quantize_selected(IgnoresSkip, ctx, rtn.Settings(bits=3, layers="block:0"))
-    assert json.dumps(layer_sets.restricted(rtn.Settings(bits=3, layers="block:0"),
+        selected.quantize_selected(IgnoresSkip, ctx, rtn.Settings(bits=3, layers="block:0"))
+    assert json.dumps(selected.restricted(rtn.Settings(bits=3, layers="block:0"),
                                             ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"])[1]) == \
         '["model.layers.0.mlp.up_proj"]'
 
