@@ -89,7 +89,7 @@ def micro_step(py: str, out: Path, cuda: bool, reduced: bool, executor: str = "l
     args = [py, "-m", "qsens", "run", str(suite), "--results", str(out / name / "results"), "--no-progress"]
     if executor == "ray":
         args += ["--executor", "ray"]
-    r = run_command(args, 420 if not reduced else 300, env={"GPTQMODEL_CPU_WORKERS": "2"})
+    r = run_command(args, 420 if not reduced else 300)
     cells = stored_cells(out / name / "results") if (out / name / "results").exists() else []
     fig = cell_figures(cells, r["seconds"])
     problems = []
@@ -125,7 +125,7 @@ def standins_step(py: str, out: Path, cuda: bool, reduced: bool) -> dict:
           f"batch_size: {8 if reduced else 4}}}}}\n")
     suite = write_suite(out / "standin-suite", fams, quant, ev, "cuda" if cuda else "cpu")
     r = run_command([py, "-m", "qsens", "run", str(suite), "--results", str(out / "standin-suite/results"),
-                     "--no-progress"], 420, env={"GPTQMODEL_CPU_WORKERS": "2"})
+                     "--no-progress"], 420)
     cells = stored_cells(out / "standin-suite/results") if (out / "standin-suite/results").exists() else []
     fig = {**cell_figures(cells, r["seconds"]), "build_seconds": round(build_s, 1)}
     bad = r["rc"] != 0 or not cells or fig["ok"] != fig["cells"]

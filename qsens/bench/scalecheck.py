@@ -152,8 +152,7 @@ def cells_1b_step(py: str, work: Path, cuda: bool, tiny: bool) -> dict:
     suite = write_suite(work / "cells-1b", _family("pythia-1b", folder), quant, _eval(tiny, 65536),
                         "cuda" if cuda else "cpu", calibration=False)
     res = work / "cells-1b" / "results"
-    r = run_command([py, "-m", "qsens", "run", str(suite), "--results", str(res), "--no-progress"], 150,
-                    env={"GPTQMODEL_CPU_WORKERS": "2"})
+    r = run_command([py, "-m", "qsens", "run", str(suite), "--results", str(res), "--no-progress"], 150)
     cells = stored_cells(res) if res.exists() else []
     fig = cell_figures(cells, r["seconds"])
     own = [c["seconds"] for c in cells if c["status"] == "ok" and c["seconds"]]
